@@ -1,0 +1,47 @@
+"""`tsproxy COMMAND ...`: one module per command, each with register() and run()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import TsproxyError
+
+# Imported on demand so `tsproxy check` never pays for what `tsproxy proxy` needs.
+COMMANDS = {
+    "check": "validate every conf, with the generator's messages",
+    "up": "set up an instance's namespace, veth and nftables (run by tsproxy@NAME)",
+    "down": "remove what `up` made (run by tsproxy@NAME on stop)",
+    "login": "log an instance's tailscaled in to its tailnet",
+    "proxy": "serve the proxy socket of an instance (run by tsproxy-socks@NAME)",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tsproxy", description="Multi-tailnet gateway.")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        commands.add_parser(name, help=help_text, description=help_text)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    top = parser()
+    # Parse the command name first, then let its module add its own arguments.
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command is None:
+        top.parse_args(argv)  # prints usage or help and exits
+        return 2
+    module = importlib.import_module(f"{__name__}.{command}")
+    sub = argparse.ArgumentParser(prog=f"tsproxy {command}", description=COMMANDS[command])
+    module.register(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except TsproxyError as error:
+        print(f"tsproxy: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

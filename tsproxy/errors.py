@@ -1,0 +1,2 @@
+class TsproxyError(Exception):
+    """An expected failure: printed as one `tsproxy: MESSAGE` line, exit status 1."""

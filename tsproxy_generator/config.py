@@ -1,0 +1,324 @@
+"""The conf model: /etc/tsproxy.d/NAME.conf -> a validated, frozen TailnetConf.
+
+The generator (at boot) and `tsproxy check` call the same `load` and `load_all`, so they
+print the same error line. This module sits on the boot path: standard library and
+configobj only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
+from validate import ValidateError, Validator, VdtTypeError
+
+from .paths import CONF_DIR
+
+CONF_SUFFIX = ".conf"
+
+# The host-side veth is called ts-NAME and interface names hold 15 bytes.
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,11}")
+LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+# Derived veth /30s come from here; an explicit veth_subnet may be anywhere.
+VETH_POOL = ipaddress.IPv4Network("10.200.0.0/16")
+# tsproxy sets these itself, per instance.
+RESERVED_TAILSCALED_ARGS = ("--statedir", "--state", "--socket", "--tun", "--socks5-server",
+                            "--outbound-http-proxy-listen")
+
+CONFIGSPEC = """
+listen = listen()
+suffix = suffix(default=None)
+autostart = boolean(default=yes)
+authkey_file = abspath(default=None)
+login_server = url(default=None)
+accept_routes = boolean(default=yes)
+hostname = label(default=None)
+veth_subnet = subnet30(default=None)
+tailscaled_args = tailscaled_args(default=list())
+allow_clients = cidr_list(default=list("100.64.0.0/10", "fd7a:115c:a1e0::/48", "127.0.0.0/8", "::1/128"))
+""".splitlines()
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """One problem in one conf: prints as `PATH: KEY: MESSAGE`."""
+
+    def __init__(self, path: str, key: str | None, message: str) -> None:
+        super().__init__(path, key, message)
+        self.path, self.key, self.message = path, key, message
+
+    def __str__(self) -> str:
+        where = f"{self.path}: {self.key}" if self.key else self.path
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Listen:
+    address: Address
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TailnetConf:
+    name: str
+    path: str
+    listen: Listen
+    suffix: str
+    autostart: bool
+    authkey_file: str | None
+    login_server: str | None
+    accept_routes: bool
+    hostname: str
+    veth_subnet: ipaddress.IPv4Network
+    tailscaled_args: tuple[str, ...]
+    allow_clients: tuple[Network, ...]
+
+    @property
+    def netns(self) -> str:
+        return f"ts-{self.name}"
+
+    @property
+    def veth_host(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{self.veth_subnet[1]}/30")
+
+    @property
+    def veth_ns(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{self.veth_subnet[2]}/30")
+
+
+# -- value checks, named in CONFIGSPEC; each raises with the message the user sees ------
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail("takes one value, not a comma-separated list")
+    return value
+
+
+def _fail(message: str) -> ValidateError:
+    return ValidateError(message)
+
+
+def check_listen(value: Any) -> Listen:
+    text = _string(value)
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
+    if not match:
+        raise _fail(f'"{text}" is not IP:PORT (IPv6 as [ADDR]:PORT)')
+    host, port = (match[1], match[2]) if match[1] else (match[3], match[4])
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise _fail(f'"{host}" is not an IP address') from None
+    if not 1 <= int(port) <= 65535:
+        raise _fail(f'port "{port}" is not in 1..65535')
+    return Listen(address, int(port))
+
+
+def check_suffix(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _string(value).lower().strip(".")
+    if len(text) > 200 or not all(LABEL_RE.fullmatch(label) for label in text.split(".")):
+        raise _fail(f'"{value}" is not a DNS suffix (labels of a-z, 0-9 and -)')
+    return text
+
+
+def check_label(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _string(value)
+    if not LABEL_RE.fullmatch(text):
+        raise _fail(f'"{text}" is not a host name (1-63 of a-z, 0-9 and -)')
+    return text
+
+
+def check_abspath(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _string(value)
+    if not os.path.isabs(text):
+        raise _fail(f'"{text}" is not an absolute path')
+    return os.path.normpath(text)
+
+
+def check_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _string(value)
+    if not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", text):
+        raise _fail(f'"{text}" is not an http:// or https:// URL')
+    return text
+
+
+def check_subnet30(value: Any) -> ipaddress.IPv4Network | None:
+    if value is None:
+        return None
+    text = _string(value)
+    try:
+        network = ipaddress.IPv4Network(text)
+    except ValueError:
+        raise _fail(f'"{text}" is not an IPv4 network such as 10.200.0.4/30') from None
+    if network.prefixlen != 30:
+        raise _fail(f'"{text}" is not a /30')
+    return network
+
+
+def check_cidr_list(value: Any) -> tuple[Network, ...]:
+    items = [value] if isinstance(value, str) else value
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            raise _fail(f'"{item}" is not a network in CIDR form (host bits must be zero)') from None
+    return tuple(networks)
+
+
+def check_tailscaled_args(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    for item in items:
+        if not re.fullmatch(r"--?[a-z][a-z0-9-]*(=\S*)?", item) or re.search(r"[\"'\\%$]", item):
+            raise _fail(f'"{item}" is not a single --flag or --flag=value (no spaces or quotes)')
+        if item.lstrip("-").split("=")[0] in (flag[2:] for flag in RESERVED_TAILSCALED_ARGS):
+            raise _fail(f'"{item}" is set by tsproxy for each instance')
+    return tuple(items)
+
+
+VALIDATOR_CHECKS = {
+    "listen": check_listen, "suffix": check_suffix, "label": check_label,
+    "abspath": check_abspath, "url": check_url, "subnet30": check_subnet30,
+    "cidr_list": check_cidr_list, "tailscaled_args": check_tailscaled_args,
+}
+
+
+# -- loading ----------------------------------------------------------------------------
+
+def instance_name(path: str) -> str:
+    """The instance name is the file name: it becomes a unit instance, a netns and a link."""
+    base = os.path.basename(path)
+    name = base[: -len(CONF_SUFFIX)] if base.endswith(CONF_SUFFIX) else base
+    if not NAME_RE.fullmatch(name) or name.endswith("-"):
+        raise ConfigError(path, None, f'instance name "{name}" must be 1-12 of a-z, 0-9 and -, '
+                                      "starting with a letter")
+    return name
+
+
+def derived_subnet(name: str) -> ipaddress.IPv4Network:
+    """A /30 in VETH_POOL picked by a hash of the name: stable whatever other confs exist."""
+    slots = VETH_POOL.num_addresses // 4
+    slot = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % slots
+    return ipaddress.IPv4Network((int(VETH_POOL.network_address) + 4 * slot, 30))
+
+
+def _parse(path: str) -> ConfigObj:
+    try:
+        return ConfigObj(path, configspec=CONFIGSPEC, interpolation=False, file_error=True,
+                         encoding="utf-8", _inspec=False)
+    except (ConfigObjError, OSError, UnicodeDecodeError) as error:
+        raise ConfigError(path, None, _parse_message(error)) from None
+
+
+def _parse_message(error: Exception) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    if isinstance(error, UnicodeDecodeError):
+        return "not valid UTF-8"
+    # configobj lists every bad line; the first is enough to act on.
+    first = (getattr(error, "errors", None) or [error])[0]
+    text = re.sub(r" at line \d+\.$", "", str(first))
+    line = getattr(first, "line_number", None)
+    return f"line {line}: {text}" if line else text
+
+
+def load(path: str) -> TailnetConf:
+    """Validate one conf on its own; cross-conf rules live in `load_all`."""
+    name = instance_name(path)
+    conf = _parse(path)
+    results = conf.validate(Validator(VALIDATOR_CHECKS), preserve_errors=True)
+    # Extra values are only known once validate() has run.
+    for sections, key in get_extra_values(conf):
+        kind = "section" if isinstance(conf.get(key), dict) else "key"
+        raise ConfigError(path, ".".join([*sections, key]), f"unknown {kind} (see tsproxy.d(5))")
+    for _sections, key, error in flatten_errors(conf, results):
+        raise ConfigError(path, key, _validate_message(error, conf.get(key)))
+    if conf["authkey_file"] and not os.path.isfile(conf["authkey_file"]):
+        raise ConfigError(path, "authkey_file", f'"{conf["authkey_file"]}" does not exist')
+    return TailnetConf(
+        name=name,
+        path=path,
+        listen=conf["listen"],
+        suffix=conf["suffix"] or name,
+        autostart=conf["autostart"],
+        authkey_file=conf["authkey_file"],
+        login_server=conf["login_server"],
+        accept_routes=conf["accept_routes"],
+        hostname=conf["hostname"] or f"tsproxy-{name}",
+        veth_subnet=conf["veth_subnet"] or derived_subnet(name),
+        tailscaled_args=conf["tailscaled_args"],
+        allow_clients=conf["allow_clients"],
+    )
+
+
+def _validate_message(error: Any, value: Any) -> str:
+    if error is False:
+        return "is missing (it has no default)"
+    if isinstance(error, VdtTypeError):  # only the built-in boolean check raises this
+        return f'"{value}" is not a boolean (yes or no)'
+    return str(error)
+
+
+def conf_paths(conf_dir: str = CONF_DIR) -> list[str]:
+    try:
+        names = sorted(os.listdir(conf_dir))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(conf_dir, n) for n in names if n.endswith(CONF_SUFFIX)]
+
+
+def load_all(paths: Iterable[str]) -> tuple[list[TailnetConf], list[ConfigError]]:
+    """Every good conf, and one error per bad one.
+
+    Confs are taken in file-name order; when two clash (listen port, suffix, veth subnet),
+    the first keeps it and the later one is the bad conf, so adding a file never breaks a
+    tailnet that already runs.
+    """
+    good: list[TailnetConf] = []
+    errors: list[ConfigError] = []
+    for path in paths:
+        try:
+            conf = load(path)
+            _check_clashes(conf, good)
+        except ConfigError as error:
+            errors.append(error)
+        else:
+            good.append(conf)
+    return good, errors
+
+
+def _check_clashes(conf: TailnetConf, earlier: list[TailnetConf]) -> None:
+    for other in earlier:
+        source = os.path.basename(other.path)
+        if _listen_clash(conf.listen, other.listen):
+            raise ConfigError(conf.path, "listen", f'"{conf.listen}" is already used by {source}')
+        if conf.suffix == other.suffix:
+            raise ConfigError(conf.path, "suffix", f'"{conf.suffix}" is already used by {source}')
+        if conf.veth_subnet.overlaps(other.veth_subnet):
+            raise ConfigError(conf.path, "veth_subnet",
+                              f'"{conf.veth_subnet}" overlaps {other.veth_subnet} of {source}; '
+                              "set veth_subnet to a free /30")
+
+
+def _listen_clash(a: Listen, b: Listen) -> bool:
+    if a.port != b.port:
+        return False
+    return a.address == b.address or a.address.is_unspecified or b.address.is_unspecified

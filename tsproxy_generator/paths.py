@@ -1,0 +1,15 @@
+"""Where things live on an installed system: one list shared by the generator, the
+runtime and the unit templates (units/ are rendered with these names at package build)."""
+
+CONF_DIR = "/etc/tsproxy.d"
+UNIT_DIR = "/lib/systemd/system"
+TSPROXY = "/usr/sbin/tsproxy"
+TAILSCALED = "/usr/sbin/tailscaled"
+TAILSCALE = "/usr/bin/tailscale"
+STATE_DIR = "/var/lib/tsproxy"  # + /NAME: tailscaled's --statedir
+RUN_DIR = "/run/tsproxy"  # + /NAME/tailscaled.sock
+NETNS_ETC_DIR = "/etc/netns"  # + /ts-NAME/resolv.conf, iproute2's per-namespace /etc
+
+
+def tailscaled_socket(name: str) -> str:
+    return f"{RUN_DIR}/{name}/tailscaled.sock"
