@@ -187,7 +187,7 @@ def check_cidr_list(value: Any) -> tuple[Network, ...]:
 def check_tailscaled_args(value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     for item in items:
-        if not re.fullmatch(r"--?[a-z][a-z0-9-]*(=\S*)?", item) or re.search(r"[\"'\\%$]", item):
+        if not re.fullmatch(r"--?[a-z][a-z0-9-]*(=\S*)?", item) or re.search(r"[\"'\\]", item):
             raise _fail(f'"{item}" is not a single --flag or --flag=value (no spaces or quotes)')
         if item.lstrip("-").split("=")[0] in (flag[2:] for flag in RESERVED_TAILSCALED_ARGS):
             raise _fail(f'"{item}" is set by tsproxy for each instance')
@@ -222,8 +222,9 @@ def derived_subnet(name: str) -> ipaddress.IPv4Network:
 
 def _parse(path: str) -> ConfigObj:
     try:
-        return ConfigObj(path, configspec=CONFIGSPEC, interpolation=False, file_error=True,
-                         encoding="utf-8", _inspec=False)
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+        return ConfigObj(lines, configspec=CONFIGSPEC, interpolation=False, _inspec=False)
     except (ConfigObjError, OSError, UnicodeDecodeError) as error:
         raise ConfigError(path, None, _parse_message(error)) from None
 
@@ -240,8 +241,11 @@ def _parse_message(error: Exception) -> str:
     return f"line {line}: {text}" if line else text
 
 
-def load(path: str) -> TailnetConf:
-    """Validate one conf on its own; cross-conf rules live in `load_all`."""
+def load(path: str, root: str = "/") -> TailnetConf:
+    """Validate one conf on its own; cross-conf rules live in `load_all`.
+
+    `root` is where absolute paths named in the conf are looked up (tests use a fake root).
+    """
     name = instance_name(path)
     conf = _parse(path)
     results = conf.validate(Validator(VALIDATOR_CHECKS), preserve_errors=True)
@@ -251,7 +255,7 @@ def load(path: str) -> TailnetConf:
         raise ConfigError(path, ".".join([*sections, key]), f"unknown {kind} (see tsproxy.d(5))")
     for _sections, key, error in flatten_errors(conf, results):
         raise ConfigError(path, key, _validate_message(error, conf.get(key)))
-    if conf["authkey_file"] and not os.path.isfile(conf["authkey_file"]):
+    if conf["authkey_file"] and not os.path.isfile(os.path.join(root, conf["authkey_file"][1:])):
         raise ConfigError(path, "authkey_file", f'"{conf["authkey_file"]}" does not exist')
     return TailnetConf(
         name=name,
@@ -285,7 +289,7 @@ def conf_paths(conf_dir: str = CONF_DIR) -> list[str]:
     return [os.path.join(conf_dir, n) for n in names if n.endswith(CONF_SUFFIX)]
 
 
-def load_all(paths: Iterable[str]) -> tuple[list[TailnetConf], list[ConfigError]]:
+def load_all(paths: Iterable[str], root: str = "/") -> tuple[list[TailnetConf], list[ConfigError]]:
     """Every good conf, and one error per bad one.
 
     Confs are taken in file-name order; when two clash (listen port, suffix, veth subnet),
@@ -296,7 +300,7 @@ def load_all(paths: Iterable[str]) -> tuple[list[TailnetConf], list[ConfigError]
     errors: list[ConfigError] = []
     for path in paths:
         try:
-            conf = load(path)
+            conf = load(path, root)
             _check_clashes(conf, good)
         except ConfigError as error:
             errors.append(error)

@@ -84,7 +84,7 @@ def run(argv: list[str] | None = None) -> int:
     if disabled_on_kernel_command_line(root):
         log(INFO, "disabled by tsproxy=no on the kernel command line")
         return 0
-    confs, errors = load_all(conf_paths(os.path.join(root, paths.CONF_DIR.lstrip("/"))))
+    confs, errors = load_all(conf_paths(os.path.join(root, paths.CONF_DIR[1:])), root)
     out = Output(argv[0])
     for error in errors:
         log(ERR, f"{error} (skipped)")

@@ -1,0 +1,167 @@
+"""Every key, good and bad values, and the exact line a user sees for each mistake."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import pytest
+
+from tsproxy_generator.config import (ConfigError, TailnetConf, derived_subnet, load,
+                                      load_all)
+
+pytestmark = pytest.mark.unit
+
+LISTEN = "listen = 100.121.76.21:11080\n"
+
+
+def write(directory: Path, name: str, text: str) -> str:
+    path = directory / name
+    path.write_text(text)
+    return str(path)
+
+
+def error_of(directory: Path, text: str, name: str = "fgpu.conf") -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(write(directory, name, text))
+    return str(caught.value).replace(f"{directory}/", "")
+
+
+def test_only_listen_derives_everything_else(tmp_path: Path) -> None:
+    conf = load(write(tmp_path, "fgpu.conf", LISTEN))
+    assert conf == TailnetConf(
+        name="fgpu", path=str(tmp_path / "fgpu.conf"), listen=conf.listen, suffix="fgpu",
+        autostart=True, authkey_file=None, login_server=None, accept_routes=True,
+        hostname="tsproxy-fgpu", veth_subnet=derived_subnet("fgpu"), tailscaled_args=(),
+        allow_clients=tuple(map(ipaddress.ip_network, ["100.64.0.0/10", "fd7a:115c:a1e0::/48",
+                                                       "127.0.0.0/8", "::1/128"])))
+    assert str(conf.listen) == "100.121.76.21:11080"
+    assert conf.netns == "ts-fgpu"
+    assert conf.veth_subnet.subnet_of(ipaddress.IPv4Network("10.200.0.0/16"))
+    assert (conf.veth_host.ip, conf.veth_ns.ip) == (conf.veth_subnet[1], conf.veth_subnet[2])
+
+
+def test_every_key_set(tmp_path: Path) -> None:
+    key = write(tmp_path, "fgpu.key", "tskey-auth-xxxx\n")
+    conf = load(write(tmp_path, "fgpu.conf", f"""
+# a comment
+listen = [fd7a:115c:a1e0::1]:1080
+suffix = FarmGPU.Example.
+autostart = no
+authkey_file = {key}
+login_server = https://headscale.example.org:8443/
+accept_routes = off
+hostname = demon-fgpu
+veth_subnet = 10.99.0.8/30
+tailscaled_args = --verbose=1, --port=41642
+allow_clients = 100.101.102.103/32, 10.0.0.0/8
+"""))
+    assert str(conf.listen) == "[fd7a:115c:a1e0::1]:1080"
+    assert conf.suffix == "farmgpu.example"
+    assert (conf.autostart, conf.accept_routes) == (False, False)
+    assert conf.authkey_file == key
+    assert conf.login_server == "https://headscale.example.org:8443/"
+    assert conf.hostname == "demon-fgpu"
+    assert str(conf.veth_subnet) == "10.99.0.8/30"
+    assert conf.tailscaled_args == ("--verbose=1", "--port=41642")
+    assert [str(n) for n in conf.allow_clients] == ["100.101.102.103/32", "10.0.0.0/8"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "fgpu.conf: listen: is missing (it has no default)"),
+    ("listen = 100.121.76.21\n", 'fgpu.conf: listen: "100.121.76.21" is not IP:PORT (IPv6 as [ADDR]:PORT)'),
+    ("listen = 100.121.76.21:70000\n", 'fgpu.conf: listen: port "70000" is not in 1..65535'),
+    ("listen = 100.121.76.21:0\n", 'fgpu.conf: listen: port "0" is not in 1..65535'),
+    ("listen = 300.1.1.1:80\n", 'fgpu.conf: listen: "300.1.1.1" is not an IP address'),
+    ("listen = fd7a::1:80\n", 'fgpu.conf: listen: "fd7a::1:80" is not IP:PORT (IPv6 as [ADDR]:PORT)'),
+    ("listen = demon:80\n", 'fgpu.conf: listen: "demon:80" is not IP:PORT (IPv6 as [ADDR]:PORT)'),
+    ("listen = 1.2.3.4:80, 1.2.3.4:81\n", "fgpu.conf: listen: takes one value, not a comma-separated list"),
+    (LISTEN + "suffix = fg_pu\n", 'fgpu.conf: suffix: "fg_pu" is not a DNS suffix (labels of a-z, 0-9 and -)'),
+    (LISTEN + "suffix = -fgpu\n", 'fgpu.conf: suffix: "-fgpu" is not a DNS suffix (labels of a-z, 0-9 and -)'),
+    (LISTEN + "suffix = a..b\n", 'fgpu.conf: suffix: "a..b" is not a DNS suffix (labels of a-z, 0-9 and -)'),
+    (LISTEN + "autostart = maybe\n", 'fgpu.conf: autostart: "maybe" is not a boolean (yes or no)'),
+    (LISTEN + "accept_routes = 2\n", 'fgpu.conf: accept_routes: "2" is not a boolean (yes or no)'),
+    (LISTEN + "authkey_file = fgpu.key\n", 'fgpu.conf: authkey_file: "fgpu.key" is not an absolute path'),
+    (LISTEN + "authkey_file = /nonexistent/fgpu.key\n", 'fgpu.conf: authkey_file: "/nonexistent/fgpu.key" does not exist'),
+    (LISTEN + "login_server = headscale.example.org\n", 'fgpu.conf: login_server: "headscale.example.org" is not an http:// or https:// URL'),
+    (LISTEN + "hostname = demon.fgpu\n", 'fgpu.conf: hostname: "demon.fgpu" is not a host name (1-63 of a-z, 0-9 and -)'),
+    (LISTEN + "veth_subnet = 10.99.0.8/29\n", 'fgpu.conf: veth_subnet: "10.99.0.8/29" is not a /30'),
+    (LISTEN + "veth_subnet = 10.99.0.9/30\n", 'fgpu.conf: veth_subnet: "10.99.0.9/30" is not an IPv4 network such as 10.200.0.4/30'),
+    (LISTEN + "veth_subnet = fd00::/126\n", 'fgpu.conf: veth_subnet: "fd00::/126" is not an IPv4 network such as 10.200.0.4/30'),
+    (LISTEN + "tailscaled_args = --socket=/tmp/x\n", 'fgpu.conf: tailscaled_args: "--socket=/tmp/x" is set by tsproxy for each instance'),
+    (LISTEN + "tailscaled_args = --statedir=/tmp\n", 'fgpu.conf: tailscaled_args: "--statedir=/tmp" is set by tsproxy for each instance'),
+    (LISTEN + 'tailscaled_args = "--verbose 1"\n', 'fgpu.conf: tailscaled_args: "--verbose 1" is not a single --flag or --flag=value (no spaces or quotes)'),
+    (LISTEN + "tailscaled_args = verbose\n", 'fgpu.conf: tailscaled_args: "verbose" is not a single --flag or --flag=value (no spaces or quotes)'),
+    (LISTEN + "tailscaled_args = --x=a\\b\n", 'fgpu.conf: tailscaled_args: "--x=a\\b" is not a single --flag or --flag=value (no spaces or quotes)'),
+    (LISTEN + "allow_clients = 100.64.0.1/10\n", 'fgpu.conf: allow_clients: "100.64.0.1/10" is not a network in CIDR form (host bits must be zero)'),
+    (LISTEN + "allow_clients = everyone\n", 'fgpu.conf: allow_clients: "everyone" is not a network in CIDR form (host bits must be zero)'),
+    (LISTEN + "port = 11080\n", "fgpu.conf: port: unknown key (see tsproxy.d(5))"),
+    (LISTEN + "[fgpu]\nsuffix = fgpu\n", "fgpu.conf: fgpu: unknown section (see tsproxy.d(5))"),
+    (LISTEN + "listen = 1.2.3.4:1\n", "fgpu.conf: line 2: Duplicate keyword name"),
+    (LISTEN + "just words\n", "fgpu.conf: line 2: Invalid line ('just words') (matched as neither section nor keyword)"),
+    (LISTEN + "suffix = $HOME\n", 'fgpu.conf: suffix: "$HOME" is not a DNS suffix (labels of a-z, 0-9 and -)'),
+])
+def test_bad_values(tmp_path: Path, text: str, message: str) -> None:
+    assert error_of(tmp_path, text) == message
+
+
+def test_interpolation_is_off(tmp_path: Path) -> None:
+    conf = load(write(tmp_path, "fgpu.conf", LISTEN + "hostname = a-%(listen)s\n".replace("%(listen)s", "b")))
+    assert conf.hostname == "a-b"
+    assert error_of(tmp_path, LISTEN + "suffix = %(hostname)s\n") == \
+        'fgpu.conf: suffix: "%(hostname)s" is not a dns suffix (labels of a-z, 0-9 and -)'.replace("dns", "DNS")
+
+
+@pytest.mark.parametrize("name", ["Fgpu.conf", "1fgpu.conf", "fgpu-.conf", "f_gpu.conf",
+                                  "abcdefghijklm.conf", ".fgpu.conf", "fg.pu.conf"])
+def test_bad_instance_names(tmp_path: Path, name: str) -> None:
+    stem = name[: -len(".conf")]
+    assert error_of(tmp_path, LISTEN, name) == (
+        f'{name}: instance name "{stem}" must be 1-12 of a-z, 0-9 and -, starting with a letter')
+
+
+def test_longest_name_fits_an_interface(tmp_path: Path) -> None:
+    conf = load(write(tmp_path, "abcdefghijkl.conf", LISTEN))
+    assert len(conf.netns) == 15
+
+
+def test_unreadable_and_binary_files(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "") .startswith("fgpu.conf: listen")
+    path = tmp_path / "bin.conf"
+    path.write_bytes(b"listen = \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        load(str(path))
+    with pytest.raises(ConfigError, match="No such file or directory"):
+        load(str(tmp_path / "gone.conf"))
+
+
+def test_derived_subnets_are_stable_and_distinct() -> None:
+    assert derived_subnet("fgpu") == derived_subnet("fgpu")
+    names = [f"t{i}" for i in range(100)]
+    assert len({derived_subnet(n) for n in names}) == 100
+
+
+def test_clashes_keep_the_earlier_file(tmp_path: Path) -> None:
+    write(tmp_path, "a.conf", LISTEN)
+    write(tmp_path, "b.conf", LISTEN.replace("11080", "11081") + "suffix = a\n")
+    write(tmp_path, "c.conf", LISTEN)
+    write(tmp_path, "d.conf", "listen = 0.0.0.0:11080\n")
+    write(tmp_path, "e.conf", "listen = 100.121.76.21:11082\nveth_subnet = %s\n" % derived_subnet("a"))
+    write(tmp_path, "f.conf", "listen = 100.121.76.22:11080\n")
+    good, errors = load_all(sorted(str(p) for p in tmp_path.glob("*.conf")))
+    assert [c.name for c in good] == ["a", "f"]
+    assert [str(e).replace(f"{tmp_path}/", "") for e in errors] == [
+        'b.conf: suffix: "a" is already used by a.conf',
+        'c.conf: listen: "100.121.76.21:11080" is already used by a.conf',
+        'd.conf: listen: "0.0.0.0:11080" is already used by a.conf',
+        f'e.conf: veth_subnet: "{derived_subnet("a")}" overlaps {derived_subnet("a")} of a.conf; '
+        "set veth_subnet to a free /30",
+    ]
+
+
+def test_error_names_file_and_key(tmp_path: Path) -> None:
+    error = ConfigError("/etc/tsproxy.d/fgpu.conf", "listen", "bad")
+    assert (error.path, error.key, error.message) == ("/etc/tsproxy.d/fgpu.conf", "listen", "bad")
+    assert str(ConfigError("/x.conf", None, "gone")) == "/x.conf: gone"
+    assert os.path.basename(error.path) == "fgpu.conf"
