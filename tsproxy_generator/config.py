@@ -7,12 +7,12 @@ configobj only.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
+import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable
+from collections.abc import Iterable
 
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import ValidateError, Validator, VdtTypeError
@@ -99,7 +99,7 @@ class TailnetConf:
 
 # -- value checks, named in CONFIGSPEC; each raises with the message the user sees ------
 
-def _string(value: Any) -> str:
+def _string(value: object) -> str:
     if not isinstance(value, str):
         raise _fail("takes one value, not a comma-separated list")
     return value
@@ -109,7 +109,7 @@ def _fail(message: str) -> ValidateError:
     return ValidateError(message)
 
 
-def check_listen(value: Any) -> Listen:
+def check_listen(value: object) -> Listen:
     text = _string(value)
     match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
     if not match:
@@ -124,7 +124,7 @@ def check_listen(value: Any) -> Listen:
     return Listen(address, int(port))
 
 
-def check_suffix(value: Any) -> str | None:
+def check_suffix(value: object) -> str | None:
     if value is None:
         return None
     text = _string(value).lower().strip(".")
@@ -133,7 +133,7 @@ def check_suffix(value: Any) -> str | None:
     return text
 
 
-def check_label(value: Any) -> str | None:
+def check_label(value: object) -> str | None:
     if value is None:
         return None
     text = _string(value)
@@ -142,7 +142,7 @@ def check_label(value: Any) -> str | None:
     return text
 
 
-def check_abspath(value: Any) -> str | None:
+def check_abspath(value: object) -> str | None:
     if value is None:
         return None
     text = _string(value)
@@ -151,7 +151,7 @@ def check_abspath(value: Any) -> str | None:
     return os.path.normpath(text)
 
 
-def check_url(value: Any) -> str | None:
+def check_url(value: object) -> str | None:
     if value is None:
         return None
     text = _string(value)
@@ -160,7 +160,7 @@ def check_url(value: Any) -> str | None:
     return text
 
 
-def check_subnet30(value: Any) -> ipaddress.IPv4Network | None:
+def check_subnet30(value: object) -> ipaddress.IPv4Network | None:
     if value is None:
         return None
     text = _string(value)
@@ -173,7 +173,7 @@ def check_subnet30(value: Any) -> ipaddress.IPv4Network | None:
     return network
 
 
-def check_cidr_list(value: Any) -> tuple[Network, ...]:
+def check_cidr_list(value: object) -> tuple[Network, ...]:
     items = [value] if isinstance(value, str) else value
     networks = []
     for item in items:
@@ -184,7 +184,7 @@ def check_cidr_list(value: Any) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def check_tailscaled_args(value: Any) -> tuple[str, ...]:
+def check_tailscaled_args(value: object) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     for item in items:
         if not re.fullmatch(r"--?[a-z][a-z0-9-]*(=\S*)?", item) or re.search(r"[\"'\\]", item):
@@ -214,9 +214,10 @@ def instance_name(path: str) -> str:
 
 
 def derived_subnet(name: str) -> ipaddress.IPv4Network:
-    """A /30 in VETH_POOL picked by a hash of the name: stable whatever other confs exist."""
+    """A /30 in VETH_POOL picked by a hash of the name: stable whatever other confs exist.
+    (crc32, not hashlib: loading OpenSSL would cost the boot path more than all the rest.)"""
     slots = VETH_POOL.num_addresses // 4
-    slot = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % slots
+    slot = zlib.crc32(name.encode()) % slots
     return ipaddress.IPv4Network((int(VETH_POOL.network_address) + 4 * slot, 30))
 
 
@@ -273,7 +274,7 @@ def load(path: str, root: str = "/") -> TailnetConf:
     )
 
 
-def _validate_message(error: Any, value: Any) -> str:
+def _validate_message(error: object, value: object) -> str:
     if error is False:
         return "is missing (it has no default)"
     if isinstance(error, VdtTypeError):  # only the built-in boolean check raises this
@@ -298,10 +299,11 @@ def load_all(paths: Iterable[str], root: str = "/") -> tuple[list[TailnetConf], 
     """
     good: list[TailnetConf] = []
     errors: list[ConfigError] = []
+    claims = _Claims()
     for path in paths:
         try:
             conf = load(path, root)
-            _check_clashes(conf, good)
+            claims.take(conf)
         except ConfigError as error:
             errors.append(error)
         else:
@@ -309,20 +311,36 @@ def load_all(paths: Iterable[str], root: str = "/") -> tuple[list[TailnetConf], 
     return good, errors
 
 
-def _check_clashes(conf: TailnetConf, earlier: list[TailnetConf]) -> None:
-    for other in earlier:
-        source = os.path.basename(other.path)
-        if _listen_clash(conf.listen, other.listen):
-            raise ConfigError(conf.path, "listen", f'"{conf.listen}" is already used by {source}')
-        if conf.suffix == other.suffix:
-            raise ConfigError(conf.path, "suffix", f'"{conf.suffix}" is already used by {source}')
-        if conf.veth_subnet.overlaps(other.veth_subnet):
+class _Claims:
+    """What the confs so far hold, in dicts so 100 confs cost no more than 100 reads.
+    Every veth subnet is a /30, so two overlap exactly when they are equal."""
+
+    def __init__(self) -> None:
+        self.ports: dict[int, list[TailnetConf]] = {}
+        self.suffixes: dict[str, TailnetConf] = {}
+        self.subnets: dict[ipaddress.IPv4Network, TailnetConf] = {}
+
+    def take(self, conf: TailnetConf) -> None:
+        if other := self._listen_owner(conf.listen):
+            raise ConfigError(conf.path, "listen", f'"{conf.listen}" is already used by {_file(other)}')
+        if other := self.suffixes.get(conf.suffix):
+            raise ConfigError(conf.path, "suffix", f'"{conf.suffix}" is already used by {_file(other)}')
+        if other := self.subnets.get(conf.veth_subnet):
             raise ConfigError(conf.path, "veth_subnet",
-                              f'"{conf.veth_subnet}" overlaps {other.veth_subnet} of {source}; '
+                              f'"{conf.veth_subnet}" is already used by {_file(other)}; '
                               "set veth_subnet to a free /30")
+        self.ports.setdefault(conf.listen.port, []).append(conf)
+        self.suffixes[conf.suffix] = conf
+        self.subnets[conf.veth_subnet] = conf
+
+    def _listen_owner(self, listen: Listen) -> TailnetConf | None:
+        for other in self.ports.get(listen.port, ()):
+            # An unspecified address (0.0.0.0, ::) takes the port on every address.
+            mine, theirs = listen.address, other.listen.address
+            if mine == theirs or mine.is_unspecified or theirs.is_unspecified:
+                return other
+        return None
 
 
-def _listen_clash(a: Listen, b: Listen) -> bool:
-    if a.port != b.port:
-        return False
-    return a.address == b.address or a.address.is_unspecified or b.address.is_unspecified
+def _file(conf: TailnetConf) -> str:
+    return os.path.basename(conf.path)

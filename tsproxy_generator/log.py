@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TextIO
+from collections.abc import Callable
 
 LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4, "notice": 5,
           "info": 6, "debug": 7}
@@ -21,34 +21,33 @@ def _max_level() -> int:
     return int(value) if value.isdigit() else LEVELS.get(value, INFO)
 
 
-def _open_target() -> tuple[TextIO, bool]:
-    """(stream, is_kmsg)"""
-    if os.environ.get("SYSTEMD_LOG_TARGET", "kmsg") in ("kmsg", "auto", "journal-or-kmsg"):
-        try:
-            return open("/dev/kmsg", "w", encoding="utf-8", errors="replace"), True
-        except OSError:
-            pass
-    return sys.stderr, False
+def _kmsg_writer() -> Callable[[str], object] | None:
+    if os.environ.get("SYSTEMD_LOG_TARGET", "kmsg") not in ("kmsg", "auto", "journal-or-kmsg"):
+        return None
+    try:
+        # Unbuffered: kmsg takes one record per write().
+        kmsg = open("/dev/kmsg", "wb", buffering=0)
+    except OSError:
+        return None
+    return lambda line: kmsg.write(line.encode("utf-8", "replace"))
 
 
 class Log:
     def __init__(self, ident: str) -> None:
         self.ident = ident
         self.max_level = _max_level()
-        self.stream: TextIO | None = None
-        self.kmsg = False
+        self.kmsg: Callable[[str], object] | None = None
+        self.opened = False
 
     def __call__(self, level: int, message: str) -> None:
         if level > self.max_level:
             return
-        if self.stream is None:
-            self.stream, self.kmsg = _open_target()
-        if self.kmsg:
-            line = f"<{level}>{self.ident}[{os.getpid()}]: {message}\n"
-        else:
-            line = f"{self.ident}: {message}\n"
+        if not self.opened:
+            self.kmsg, self.opened = _kmsg_writer(), True
         try:
-            self.stream.write(line)
-            self.stream.flush()  # kmsg takes one record per write
+            if self.kmsg:
+                self.kmsg(f"<{level}>{self.ident}[{os.getpid()}]: {message}\n")
+                return
         except OSError:
-            sys.stderr.write(f"{self.ident}: {message}\n")
+            pass
+        sys.stderr.write(f"{self.ident}: {message}\n")

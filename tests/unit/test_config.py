@@ -155,7 +155,7 @@ def test_clashes_keep_the_earlier_file(tmp_path: Path) -> None:
         'b.conf: suffix: "a" is already used by a.conf',
         'c.conf: listen: "100.121.76.21:11080" is already used by a.conf',
         'd.conf: listen: "0.0.0.0:11080" is already used by a.conf',
-        f'e.conf: veth_subnet: "{derived_subnet("a")}" overlaps {derived_subnet("a")} of a.conf; '
+        f'e.conf: veth_subnet: "{derived_subnet("a")}" is already used by a.conf; '
         "set veth_subnet to a free /30",
     ]
 
