@@ -1,0 +1,66 @@
+"""A stand-in for the user's gateway host inside a booted container: the host's tailnet
+address on a `tailscale0`, a fake uplink to an "internet" namespace (TEST-NET addresses that
+exist only inside the container), and the tailscale and tsproxy packages installed the way
+a user installs them. Used by the system tests, `make demo` and the start-time benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nspawn import Container
+
+REPO = Path(__file__).resolve().parents[2]
+HOST_TS_IP = "100.121.76.21"
+INTERNET = "198.51.100.1"  # TEST-NET-2
+UPLINK = "198.51.100.2"
+
+NETWORK = f"""
+set -e
+# The host's own tailscaled is the lab's business: a TUN device carries its address here
+# (not every kernel has the dummy driver).
+ip tuntap add dev tailscale0 mode tun
+ip addr add {HOST_TS_IP}/32 dev tailscale0
+ip link set tailscale0 up
+ip netns add internet
+ip link add uplink0 type veth peer name eth0 netns internet
+ip addr add {UPLINK}/24 dev uplink0
+ip link set uplink0 up
+ip -n internet addr add {INTERNET}/24 dev eth0
+ip -n internet link set eth0 up
+ip -n internet link set lo up
+ip route add default via {INTERNET}
+"""
+
+# A web server in the fake internet that answers with the address it saw the client at.
+WHOAMI = ("import http.server as h\n"
+          "class W(h.BaseHTTPRequestHandler):\n"
+          "    def do_GET(self):\n"
+          "        self.send_response(200); self.end_headers()\n"
+          "        self.wfile.write(self.client_address[0].encode())\n"
+          f"h.HTTPServer(('{INTERNET}', 8080), W).serve_forever()\n")
+
+
+def tsproxy_deb() -> Path:
+    debs = sorted(REPO.glob("dist/tsproxy_*_all.deb"))
+    if not debs:
+        raise FileNotFoundError("no dist/tsproxy_*_all.deb: run `make deb` first")
+    return debs[-1]
+
+
+def bring_up_network(container: Container) -> None:
+    """The network a host has at boot (run again after each reboot: none of it persists)."""
+    container.run(NETWORK)
+    container.write_file("/root/whoami.py", WHOAMI)
+    container.run("systemd-run --unit=internet-web -p NetworkNamespacePath=/run/netns/internet "
+                  "/usr/bin/python3 /root/whoami.py")
+
+
+def install(container: Container, tailscale_deb: Path, confs: dict[str, str]) -> None:
+    """As the user does it: apt resolves tsproxy's Depends (tailscale among them)."""
+    deb = tsproxy_deb()
+    container.copy_in(tailscale_deb, f"/root/{tailscale_deb.name}")
+    container.copy_in(deb, f"/root/{deb.name}")
+    container.run(f"cd /root && apt-get install -y -q ./{tailscale_deb.name} ./{deb.name}",
+                  env={"DEBIAN_FRONTEND": "noninteractive"})
+    for name, text in confs.items():
+        container.write_file(f"/etc/tsproxy.d/{name}", text)
