@@ -13,6 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 HOST_TS_IP = "100.121.76.21"
 INTERNET = "198.51.100.1"  # TEST-NET-2
 UPLINK = "198.51.100.2"
+# No log upload from any test tailscaled (nor its --cleanup run): nothing outside the
+# container is ever there to take it.
+NO_LOGS_DROP_IN = ("/etc/systemd/system/tsproxy-tailscaled@.service.d/no-logs.conf",
+                   "[Service]\nEnvironment=TS_NO_LOGS_NO_SUPPORT=true\n")
 
 NETWORK = f"""
 set -e
@@ -62,5 +66,6 @@ def install(container: Container, tailscale_deb: Path, confs: dict[str, str]) ->
     container.copy_in(deb, f"/root/{deb.name}")
     container.run(f"cd /root && apt-get install -y -q ./{tailscale_deb.name} ./{deb.name}",
                   env={"DEBIAN_FRONTEND": "noninteractive"})
+    container.write_file(*NO_LOGS_DROP_IN)
     for name, text in confs.items():
         container.write_file(f"/etc/tsproxy.d/{name}", text)

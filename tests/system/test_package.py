@@ -93,7 +93,7 @@ def test_conf_to_running_tailnets_and_back(booted_debian: Container, tailscale_d
     resolv_before = c.run("cat /etc/resolv.conf").stdout
     bring_up_network(c)
     install(c, tailscale_deb, CONFS)
-    routes_before = c.run("ip route show table all").stdout
+    routes_before = c.run("ip -4 route show table all").stdout
     c.run("systemctl daemon-reload")
 
     # The bad conf is skipped with one line naming file and key; `check` says the same.
@@ -139,12 +139,13 @@ def test_conf_to_running_tailnets_and_back(booted_debian: Container, tailscale_d
     assert_instance_gone(c, "fgpu")
     assert_instance_up(c, "work", 11081)
     # Start, restart and stop again, any number of times.
-    c.run("systemctl start tsproxy@fgpu && systemctl start tsproxy@fgpu && systemctl restart tsproxy@fgpu")
+    c.run("systemctl start tsproxy@fgpu && systemctl start tsproxy@fgpu")
+    c.run("for i in $(seq 8); do systemctl restart tsproxy@fgpu; done")  # past systemd's start limit
     assert_instance_up(c, "fgpu", 11080)
     c.run("systemctl stop tsproxy@fgpu tsproxy@work && systemctl stop tsproxy@fgpu")
     assert_instance_gone(c, "fgpu")
     assert_instance_gone(c, "work")
-    assert c.run("ip route show table all").stdout == routes_before
+    assert c.run("ip -4 route show table all").stdout == routes_before
     assert not any(t.startswith("inet tsproxy") for t in nft_tables(c))
 
     # A reboot brings back every autostart conf with no manual step.
@@ -158,3 +159,27 @@ def test_conf_to_running_tailnets_and_back(booted_debian: Container, tailscale_d
     assert "ts-broken" not in netns_list(c)
     assert c.run("cat /etc/resolv.conf").stdout == resolv_before
 
+
+
+DOCKER_LIKE = """table ip filter {
+    chain DOCKER-USER { }
+    chain FORWARD { type filter hook forward priority filter; policy drop; jump DOCKER-USER; }
+}
+"""
+
+
+def test_egress_on_a_docker_host(booted_debian: Container, tailscale_deb: Path) -> None:
+    """Docker's FORWARD policy is DROP: egress still works, through two tagged DOCKER-USER
+    rules that stop removes again; nothing else in Docker's table changes."""
+    c = booted_debian
+    bring_up_network(c)
+    install(c, tailscale_deb, {"fgpu.conf": CONFS["fgpu.conf"]})
+    c.write_file("/root/docker-like.nft", DOCKER_LIKE)
+    c.run("nft -f /root/docker-like.nft && systemctl daemon-reload")
+    before = c.run("nft list table ip filter").stdout
+    c.run("systemctl start tsproxy@fgpu")
+    assert 'comment "tsproxy-fgpu"' in c.run("nft list chain ip filter DOCKER-USER").stdout
+    seen = c.run(f"ip netns exec ts-fgpu curl -sS -m 5 http://{INTERNET}:8080/").stdout
+    assert seen == UPLINK
+    c.run("systemctl stop tsproxy@fgpu")
+    assert c.run("nft list table ip filter").stdout == before
