@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from tsproxy_generator.config import CONF_DIR, ConfigError, TailnetConf, conf_paths, load_all
+from tsproxy_generator.config import ConfigError, TailnetConf, conf_paths, load_all
+from tsproxy_generator.paths import CONF_DIR
 
 from .errors import TsproxyError
 
@@ -27,4 +28,5 @@ def get_instance(name: str) -> TailnetConf:
     for error in errors:
         if os.path.basename(error.path) == f"{name}.conf":
             raise TsproxyError(str(error))
-    raise TsproxyError(f"no instance {name!r}: {os.path.join(conf_dir(), name)}.conf does not exist")
+    path = os.path.join(conf_dir(), f"{name}.conf")
+    raise TsproxyError(f"no instance {name!r}: {path} does not exist")

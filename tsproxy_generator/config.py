@@ -11,8 +11,8 @@ import ipaddress
 import os
 import re
 import zlib
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
 from validate import ValidateError, Validator, VdtTypeError
@@ -40,7 +40,7 @@ accept_routes = boolean(default=yes)
 hostname = label(default=None)
 veth_subnet = subnet30(default=None)
 tailscaled_args = tailscaled_args(default=list())
-allow_clients = cidr_list(default=list("100.64.0.0/10", "fd7a:115c:a1e0::/48", "127.0.0.0/8", "::1/128"))
+allow_clients = cidr_list(default=list(100.64.0.0/10, fd7a:115c:a1e0::/48, 127.0.0.0/8, ::1/128))
 """.splitlines()
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -173,18 +173,19 @@ def check_subnet30(value: object) -> ipaddress.IPv4Network | None:
     return network
 
 
-def check_cidr_list(value: object) -> tuple[Network, ...]:
+def check_cidr_list(value: str | list[str]) -> tuple[Network, ...]:
     items = [value] if isinstance(value, str) else value
     networks = []
     for item in items:
         try:
             networks.append(ipaddress.ip_network(item))
         except ValueError:
-            raise _fail(f'"{item}" is not a network in CIDR form (host bits must be zero)') from None
+            raise _fail(f'"{item}" is not a network in CIDR form '
+                        "(host bits must be zero)") from None
     return tuple(networks)
 
 
-def check_tailscaled_args(value: object) -> tuple[str, ...]:
+def check_tailscaled_args(value: str | list[str]) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     for item in items:
         if not re.fullmatch(r"--?[a-z][a-z0-9-]*(=\S*)?", item) or re.search(r"[\"'\\]", item):
@@ -322,13 +323,12 @@ class _Claims:
 
     def take(self, conf: TailnetConf) -> None:
         if other := self._listen_owner(conf.listen):
-            raise ConfigError(conf.path, "listen", f'"{conf.listen}" is already used by {_file(other)}')
+            raise ConfigError(conf.path, "listen", f'"{conf.listen}" {_used_by(other)}')
         if other := self.suffixes.get(conf.suffix):
-            raise ConfigError(conf.path, "suffix", f'"{conf.suffix}" is already used by {_file(other)}')
+            raise ConfigError(conf.path, "suffix", f'"{conf.suffix}" {_used_by(other)}')
         if other := self.subnets.get(conf.veth_subnet):
-            raise ConfigError(conf.path, "veth_subnet",
-                              f'"{conf.veth_subnet}" is already used by {_file(other)}; '
-                              "set veth_subnet to a free /30")
+            raise ConfigError(conf.path, "veth_subnet", f'"{conf.veth_subnet}" {_used_by(other)}; '
+                                                        "set veth_subnet to a free /30")
         self.ports.setdefault(conf.listen.port, []).append(conf)
         self.suffixes[conf.suffix] = conf
         self.subnets[conf.veth_subnet] = conf
@@ -342,5 +342,5 @@ class _Claims:
         return None
 
 
-def _file(conf: TailnetConf) -> str:
-    return os.path.basename(conf.path)
+def _used_by(conf: TailnetConf) -> str:
+    return f"is already used by {os.path.basename(conf.path)}"

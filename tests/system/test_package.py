@@ -152,7 +152,8 @@ def test_conf_to_running_tailnets_and_back(booted_debian: Container, tailscale_d
     c.reboot()
     bring_up_network(c)
     for name in AUTOSTARTED:
-        wait_for(lambda: unit_state(c, f"tsproxy@{name}.service") == "active", what=name)
+        unit = f"tsproxy@{name}.service"
+        wait_for(lambda unit=unit: unit_state(c, unit) == "active", what=unit)
     assert_instance_up(c, "fgpu", 11080)
     assert_instance_up(c, "work", 11081)
     assert unit_state(c, "tsproxy@lab.service") == "inactive"
@@ -183,3 +184,26 @@ def test_egress_on_a_docker_host(booted_debian: Container, tailscale_deb: Path) 
     assert seen == UPLINK
     c.run("systemctl stop tsproxy@fgpu")
     assert c.run("nft list table ip filter").stdout == before
+
+
+def test_unattended_login_uses_the_conf(booted_debian: Container, tailscale_deb: Path) -> None:
+    """With authkey_file set, tsproxy-login@ runs `tailscale up` with the conf's key and
+    login server, and tailscaled reaches that server from inside the namespace. (A real
+    login against a real control server is the lab's test; here the "server" is the fake
+    internet's web server, which logs who asked for what.)"""
+    c = booted_debian
+    bring_up_network(c)
+    c.write_file("/etc/tsproxy.d/lab.key", "tskey-auth-test\n", mode=0o600)
+    install(c, tailscale_deb, {"lab.conf": f"listen = {HOST_TS_IP}:11082\n"
+                                           "authkey_file = /etc/tsproxy.d/lab.key\n"
+                                           f"login_server = http://{INTERNET}:8080\n"})
+    c.run("systemctl daemon-reload && systemctl start tsproxy@lab")
+    wait_for(lambda: "--auth-key=file:/etc/tsproxy.d/lab.key" in
+             c.run("journalctl -b -u tsproxy-login@lab --no-pager").stdout,
+             what="tsproxy-login@lab running tailscale up")
+    login = c.run("journalctl -b -u tsproxy-login@lab --no-pager -o cat").stdout
+    assert f"up --reset --accept-dns=false --accept-routes=true --hostname=tsproxy-lab " \
+           f"--login-server=http://{INTERNET}:8080 --auth-key=file:/etc/tsproxy.d/lab.key" in login
+    # The control "server" saw tailscaled's request, NATed out of the namespace.
+    wait_for(lambda: f"{UPLINK} - - " in c.run("journalctl -b -u internet-web --no-pager").stdout,
+             what="tailscaled's request at the login server")

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tsproxy_generator.config import (ConfigError, TailnetConf, derived_subnet, load,
-                                      load_all)
+from tsproxy_generator.config import ConfigError, TailnetConf, derived_subnet, load, load_all
 
 pytestmark = pytest.mark.unit
 
@@ -147,7 +146,7 @@ def test_clashes_keep_the_earlier_file(tmp_path: Path) -> None:
     write(tmp_path, "b.conf", LISTEN.replace("11080", "11081") + "suffix = a\n")
     write(tmp_path, "c.conf", LISTEN)
     write(tmp_path, "d.conf", "listen = 0.0.0.0:11080\n")
-    write(tmp_path, "e.conf", "listen = 100.121.76.21:11082\nveth_subnet = %s\n" % derived_subnet("a"))
+    write(tmp_path, "e.conf", f"listen = 100.121.76.21:11082\nveth_subnet = {derived_subnet('a')}\n")
     write(tmp_path, "f.conf", "listen = 100.121.76.22:11080\n")
     good, errors = load_all(sorted(str(p) for p in tmp_path.glob("*.conf")))
     assert [c.name for c in good] == ["a", "f"]
