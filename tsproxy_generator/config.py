@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
@@ -99,77 +99,70 @@ class TailnetConf:
 
 # -- value checks, named in CONFIGSPEC; each raises with the message the user sees ------
 
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise _fail("takes one value, not a comma-separated list")
-    return value
+def one_value(check: Callable[[str], object]) -> Callable[[object], object]:
+    """For keys that take one value: None (the key's default) passes through unchecked, and a
+    comma-separated list, which configobj hands over as a list, is an error."""
+    def checked(value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValidateError("takes one value, not a comma-separated list")
+        return check(value)
+    return checked
 
 
-def _fail(message: str) -> ValidateError:
-    return ValidateError(message)
-
-
-def check_listen(value: object) -> Listen:
-    text = _string(value)
+@one_value
+def check_listen(text: str) -> Listen:
     match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)", text)
     if not match:
-        raise _fail(f'"{text}" is not IP:PORT (IPv6 as [ADDR]:PORT)')
+        raise ValidateError(f'"{text}" is not IP:PORT (IPv6 as [ADDR]:PORT)')
     host, port = (match[1], match[2]) if match[1] else (match[3], match[4])
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise _fail(f'"{host}" is not an IP address') from None
+        raise ValidateError(f'"{host}" is not an IP address') from None
     if not 1 <= int(port) <= 65535:
-        raise _fail(f'port "{port}" is not in 1..65535')
+        raise ValidateError(f'port "{port}" is not in 1..65535')
     return Listen(address, int(port))
 
 
-def check_suffix(value: object) -> str | None:
-    if value is None:
-        return None
-    text = _string(value).lower().strip(".")
-    if len(text) > 200 or not all(LABEL_RE.fullmatch(label) for label in text.split(".")):
-        raise _fail(f'"{value}" is not a DNS suffix (labels of a-z, 0-9 and -)')
-    return text
+@one_value
+def check_suffix(text: str) -> str:
+    suffix = text.lower().strip(".")
+    if len(suffix) > 200 or not all(LABEL_RE.fullmatch(label) for label in suffix.split(".")):
+        raise ValidateError(f'"{text}" is not a DNS suffix (labels of a-z, 0-9 and -)')
+    return suffix
 
 
-def check_label(value: object) -> str | None:
-    if value is None:
-        return None
-    text = _string(value)
+@one_value
+def check_label(text: str) -> str:
     if not LABEL_RE.fullmatch(text):
-        raise _fail(f'"{text}" is not a host name (1-63 of a-z, 0-9 and -)')
+        raise ValidateError(f'"{text}" is not a host name (1-63 of a-z, 0-9 and -)')
     return text
 
 
-def check_abspath(value: object) -> str | None:
-    if value is None:
-        return None
-    text = _string(value)
+@one_value
+def check_abspath(text: str) -> str:
     if not os.path.isabs(text):
-        raise _fail(f'"{text}" is not an absolute path')
+        raise ValidateError(f'"{text}" is not an absolute path')
     return os.path.normpath(text)
 
 
-def check_url(value: object) -> str | None:
-    if value is None:
-        return None
-    text = _string(value)
+@one_value
+def check_url(text: str) -> str:
     if not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", text):
-        raise _fail(f'"{text}" is not an http:// or https:// URL')
+        raise ValidateError(f'"{text}" is not an http:// or https:// URL')
     return text
 
 
-def check_subnet30(value: object) -> ipaddress.IPv4Network | None:
-    if value is None:
-        return None
-    text = _string(value)
+@one_value
+def check_subnet30(text: str) -> ipaddress.IPv4Network:
     try:
         network = ipaddress.IPv4Network(text)
     except ValueError:
-        raise _fail(f'"{text}" is not an IPv4 network such as 10.200.0.4/30') from None
+        raise ValidateError(f'"{text}" is not an IPv4 network such as 10.200.0.4/30') from None
     if network.prefixlen != 30:
-        raise _fail(f'"{text}" is not a /30')
+        raise ValidateError(f'"{text}" is not a /30')
     return network
 
 
@@ -180,7 +173,7 @@ def check_cidr_list(value: str | list[str]) -> tuple[Network, ...]:
         try:
             networks.append(ipaddress.ip_network(item))
         except ValueError:
-            raise _fail(f'"{item}" is not a network in CIDR form '
+            raise ValidateError(f'"{item}" is not a network in CIDR form '
                         "(host bits must be zero)") from None
     return tuple(networks)
 
@@ -189,9 +182,10 @@ def check_tailscaled_args(value: str | list[str]) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     for item in items:
         if not re.fullmatch(r"--?[a-z][a-z0-9-]*(=\S*)?", item) or re.search(r"[\"'\\]", item):
-            raise _fail(f'"{item}" is not a single --flag or --flag=value (no spaces or quotes)')
+            raise ValidateError(f'"{item}" is not a single --flag or --flag=value '
+                                "(no spaces or quotes)")
         if item.lstrip("-").split("=")[0] in (flag[2:] for flag in RESERVED_TAILSCALED_ARGS):
-            raise _fail(f'"{item}" is set by tsproxy for each instance')
+            raise ValidateError(f'"{item}" is set by tsproxy for each instance')
     return tuple(items)
 
 
