@@ -30,8 +30,9 @@ $(DEB): $(shell git ls-files 2>/dev/null) | deps
 demo: deps deb
 	$(PYTHON) tests/demo.py $(DEB)
 
-bench: deps
+bench: deps deb
 	tools/bench-generator
+	tools/bench-start
 
 clean:
 	rm -rf build dist .pytest_cache
