@@ -21,25 +21,19 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from tsproxy_generator.config import ConfigError, TailnetConf
+from tsproxy_generator.config import ConfigError, TailnetConf, netns_name
+from tsproxy_generator.paths import NETNS_ETC_DIR, TAILSCALED
 
 from . import nft
 from .errors import TsproxyError
 
 NETNS_RUN_DIR = "/run/netns"  # where `ip netns add` pins a namespace
-NETNS_ETC_DIR = "/etc/netns"  # `ip netns exec` binds NETNS_ETC_DIR/NS/* over /etc/*
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 RESOLVED_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
-TAILSCALED = "/usr/sbin/tailscaled"
 NS_IFNAME = "eth0"  # the namespace side of the veth; created there, never on the host
 COMMAND_TIMEOUT = 10
 PACKAGES = {"ip": "iproute2", "nft": "nftables"}
-
-
-def veth_name(name: str) -> str:
-    """The host side of the veth has the namespace's name, so `ip link` shows whose it is."""
-    return f"ts-{name}"
 
 
 def require_root(command: str) -> None:
@@ -112,7 +106,7 @@ def up(conf: TailnetConf) -> list[str]:
 
 def down(name: str) -> None:
     """Remove what `up` made, from the name alone: the conf may be gone or broken by now."""
-    ns = veth_name(name)
+    ns = netns_name(name)
     try:
         # Links before rules: the namespace is never up without its isolation.
         _delete_links(ns, veth=True, netns=True)
@@ -173,7 +167,7 @@ def _write_resolv_conf(name: str) -> list[str]:
     The namespace cannot use a nameserver on the host's loopback (127.0.0.53 of
     systemd-resolved is the host's, not the namespace's), nor IPv6 (its egress is IPv4 NAT).
     """
-    ns = veth_name(name)
+    ns = netns_name(name)
     source = HOST_RESOLV_CONF
     servers = _usable_nameservers(source)
     if not servers:
@@ -232,7 +226,7 @@ def _docker_handles(name: str) -> tuple[int, ...]:
 def _undo(name: str, made: _Made) -> None:
     """Best effort, in the order `down` uses: the error that got us here is the one to
     report."""
-    ns = veth_name(name)
+    ns = netns_name(name)
     with contextlib.suppress(TsproxyError):
         _delete_links(ns, veth=made.veth or made.netns, netns=made.netns)
     if made.table:

@@ -86,7 +86,7 @@ class TailnetConf:
 
     @property
     def netns(self) -> str:
-        return f"ts-{self.name}"
+        return netns_name(self.name)
 
     @property
     def veth_host(self) -> ipaddress.IPv4Interface:
@@ -206,6 +206,12 @@ def instance_name(path: str) -> str:
         raise ConfigError(path, None, f'instance name "{name}" must be 1-12 of a-z, 0-9 and -, '
                                       "starting with a letter")
     return name
+
+
+def netns_name(name: str) -> str:
+    """The instance's network namespace, and the host side of its veth: `ip link` shows
+    whose it is."""
+    return f"ts-{name}"
 
 
 def derived_subnet(name: str) -> ipaddress.IPv4Network:
