@@ -207,3 +207,20 @@ def test_unattended_login_uses_the_conf(booted_debian: Container, tailscale_deb:
     # The control "server" saw tailscaled's request, NATed out of the namespace.
     wait_for(lambda: f"{UPLINK} - - " in c.run("journalctl -b -u internet-web --no-pager").stdout,
              what="tailscaled's request at the login server")
+
+
+def test_remove_stops_everything_and_purge_forgets_state(booted_debian: Container,
+                                                         tailscale_deb: Path) -> None:
+    c = booted_debian
+    bring_up_network(c)
+    install(c, tailscale_deb, {"fgpu.conf": CONFS["fgpu.conf"]})
+    c.run("systemctl daemon-reload && systemctl start tsproxy@fgpu")
+    assert_instance_up(c, "fgpu", 11080)
+    c.run("apt-get remove -y -q tsproxy", env={"DEBIAN_FRONTEND": "noninteractive"})
+    assert_instance_gone(c, "fgpu")
+    assert f"{HOST_TS_IP}:11080" not in listening(c)
+    # Removed, not purged: the user's confs and tailscaled's state (its node key) stay.
+    c.run("test -f /etc/tsproxy.d/fgpu.conf && test -d /var/lib/tsproxy/fgpu")
+    c.run("apt-get purge -y -q tsproxy", env={"DEBIAN_FRONTEND": "noninteractive"})
+    assert c.run("test -e /var/lib/tsproxy", check=False).returncode != 0
+    c.run("test -f /etc/tsproxy.d/fgpu.conf")  # the user's own file, never the package's
