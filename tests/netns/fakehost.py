@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,8 @@ class FakeHost:
 
     def close(self) -> None:
         for server in self.servers:
-            server.kill()
+            # The whole group: `timeout` and `ip netns exec` leave their children behind.
+            os.killpg(server.pid, signal.SIGKILL)
             server.wait(TIMEOUT)
         assert self.holder.stdin is not None
         self.holder.stdin.close()
@@ -114,7 +116,7 @@ class FakeHost:
         """Start a server that prints a line once it listens; it dies with the test."""
         server = subprocess.Popen(
             ["nsenter", f"--target={self.holder.pid}", "--net", "--mount", "--",
-             "timeout", "300", *argv], stdout=subprocess.PIPE, text=True)
+             "timeout", "300", *argv], stdout=subprocess.PIPE, text=True, start_new_session=True)
         self.servers.append(server)
         _wait_ready(server)
 

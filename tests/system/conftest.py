@@ -1,6 +1,8 @@
-"""Fixtures for the system tier: a booted Debian 12 container per test.
+"""Fixtures for the system tier: a booted Debian 12 or 13 container per test.
 
-    debian_image   (session)  cached base root dir, built on first use (~1 min)
+    debian_suite   (session)  "bookworm" or "trixie": every system test runs on both
+                              (ids debian12, debian13; `-k debian13` picks one)
+    debian_image   (session)  cached base root dir of that suite, built on first use (~1 min)
     debian_root    (function) fresh private writable root over it (overlayfs)
     booted_debian  (function) nspawn.Container booted on debian_root, running
     tailscale_deb  (session)  path of tests/tailscale/build-deb's .deb
@@ -49,10 +51,21 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     return any(rep is not None and rep.failed for rep in reports)
 
 
+# Debian release -> test id. The session-scoped param makes pytest group the tests by
+# suite: all of one suite's tests run, then the other's.
+SUITE_IDS = {"bookworm": "debian12", "trixie": "debian13"}
+assert tuple(SUITE_IDS) == nspawn.SUITES
+
+
+@pytest.fixture(scope="session", params=list(SUITE_IDS), ids=list(SUITE_IDS.values()))
+def debian_suite(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def debian_image() -> Path:
+def debian_image(debian_suite: str) -> Path:
     _require_root()
-    return nspawn.ensure_base_image()
+    return nspawn.ensure_base_image(suite=debian_suite)
 
 
 @pytest.fixture

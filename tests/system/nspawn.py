@@ -1,13 +1,13 @@
-"""Booted Debian 12 containers (systemd-nspawn) for tsproxy's system tests.
+"""Booted Debian 12 and 13 containers (systemd-nspawn) for tsproxy's system tests.
 
 Two parts:
 
-* ``ensure_base_image()`` builds, once, a minimal Debian bookworm root with
-  debootstrap and caches it as a directory under ``$TSPROXY_TEST_CACHE``
-  (default ``/var/cache/tsproxy-test``), keyed by a hash of the package list
-  and of the layout version. ``make_root()`` gives each container a fresh
-  writable root on top of it (an overlayfs mount, else a copy), so tests
-  never dirty the cache.
+* ``ensure_base_image(suite=...)`` builds, once per suite (bookworm, trixie), a
+  minimal Debian root with debootstrap and caches it as a directory under
+  ``$TSPROXY_TEST_CACHE`` (default ``/var/cache/tsproxy-test``), keyed by a hash
+  of the suite, the package list and the layout version. ``make_root()`` gives
+  each container a fresh writable root on top of it (an overlayfs mount, else a
+  copy), so tests never dirty the cache.
 * ``Container`` boots such a root with systemd as PID 1 and runs commands in it
   through ``nsenter``.
 
@@ -18,6 +18,7 @@ than through ``machinectl``/``systemd-run -M``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -31,14 +32,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SUITE = "bookworm"
+# The Debian releases tsproxy supports, oldest first. The first is what
+# ensure_base_image() builds when not told otherwise (`make demo`, the benchmark).
+SUITES: tuple[str, ...] = ("bookworm", "trixie")
+SUITE = SUITES[0]
 
 # What tsproxy's .deb may depend on is pre-installed here (plus `tailscale`,
 # which the tests install from tests/tailscale/build-deb), so that
@@ -129,8 +132,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TSPROXY_TEST_CACHE", "/var/cache/tsproxy-test"))
 
 
-def image_key(packages: Sequence[str] = BASE_PACKAGES) -> str:
-    text = "\n".join([SUITE, f"layout={LAYOUT_VERSION}", *sorted(packages)])
+def image_key(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUITE) -> str:
+    text = "\n".join([suite, f"layout={LAYOUT_VERSION}", *sorted(packages)])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -138,7 +141,7 @@ def _deb822_stanzas(text: str) -> Iterator[dict[str, str]]:
     """Yield the stanzas of a deb822 file as {lower-case field: value}."""
     fields: dict[str, str] = {}
     last = ""
-    for line in text.splitlines() + [""]:
+    for line in [*text.splitlines(), ""]:
         if line.startswith("#"):
             continue
         if not line.strip():
@@ -172,22 +175,36 @@ def _mirrors_from_sources(path: Path, suite: str) -> list[str]:
     return found
 
 
+def _host_codename() -> str:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return ""
+    found = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", text, re.M)
+    return found.group(1) if found else ""
+
+
 def host_mirror(suite: str = SUITE) -> str:
     """The Debian mirror the host's apt uses for `suite`.
 
     Read at run time so nothing about this machine's network setup is baked
-    into the repository.
+    into the repository. A suite the host has no source for (a bookworm host
+    lists no trixie) comes from the mirror of the host's own release, then of
+    any supported release it lists: one Debian mirror carries every suite.
     """
     etc = Path("/etc/apt")
     candidates = [etc / "sources.list"]
     if (etc / "sources.list.d").is_dir():
         candidates += sorted((etc / "sources.list.d").iterdir())
-    for path in candidates:
-        if path.suffix in (".list", ".sources") and path.is_file():
-            mirrors = _mirrors_from_sources(path, suite)
-            if mirrors:
-                return mirrors[0]
-    raise ContainerError(f"no apt source for suite {suite!r} found under /etc/apt")
+    for wanted in dict.fromkeys([suite, _host_codename(), *SUITES]):
+        if not wanted:
+            continue
+        for path in candidates:
+            if path.suffix in (".list", ".sources") and path.is_file():
+                mirrors = _mirrors_from_sources(path, wanted)
+                if mirrors:
+                    return mirrors[0]
+    raise ContainerError(f"no apt source for suite {suite!r} (nor for {', '.join(SUITES)}) found under /etc/apt")
 
 
 def _run_logged(cmd: Sequence[str], logfile: Path, **kwargs) -> None:
@@ -201,7 +218,7 @@ def _run_logged(cmd: Sequence[str], logfile: Path, **kwargs) -> None:
         raise ContainerError(f"{shlex.join(cmd)} failed ({proc.returncode}); see {logfile}:\n{tail}")
 
 
-def configure_root(root: Path, mirror: str) -> None:
+def configure_root(root: Path, mirror: str, suite: str = SUITE) -> None:
     """Make a debootstrapped root boot quickly and quietly as a test container."""
     (root / "etc/hostname").write_text(HOSTNAME + "\n")
     (root / "etc/hosts").write_text(
@@ -212,7 +229,7 @@ def configure_root(root: Path, mirror: str) -> None:
     subprocess.run(["chroot", str(root), "passwd", "-d", "root"], check=True, capture_output=True)
     # apt resolves `apt-get install ./x.deb` against what is installed, so it
     # works offline when every dependency is already present.
-    (root / "etc/apt/sources.list").write_text(f"deb {mirror} {SUITE} main\n")
+    (root / "etc/apt/sources.list").write_text(f"deb {mirror} {suite} main\n")
     (root / "etc/apt/apt.conf.d/90tsproxy-test").write_text(
         'APT::Install-Recommends "false";\nAPT::Install-Suggests "false";\n'
         # A container has no network: fail at once rather than retry.
@@ -228,15 +245,16 @@ def configure_root(root: Path, mirror: str) -> None:
     subprocess.run(["chroot", str(root), "apt-get", "clean"], check=True, capture_output=True)
 
 
-def build_base_root(dest: Path, mirror: str, logfile: Path, packages: Sequence[str] = BASE_PACKAGES) -> None:
+def build_base_root(dest: Path, mirror: str, logfile: Path, packages: Sequence[str] = BASE_PACKAGES,
+                    suite: str = SUITE) -> None:
     _run_logged(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE, str(dest), mirror],
+        ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(dest), mirror],
         logfile,
     )
-    configure_root(dest, mirror)
+    configure_root(dest, mirror, suite)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Serialize builds of the cache between concurrent test sessions."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,32 +263,34 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES) -> Path:
-    """The cached base root directory, built first if needed (about a minute).
+def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUITE) -> Path:
+    """The cached base root directory of `suite`, built first if needed (about a minute).
 
     Treat it as read-only: containers get a private overlay or copy of it
     (see make_root()), never the directory itself.
     """
     cache = cache_dir()
-    image = cache / f"debian-{SUITE}-base-{image_key(packages)}"
+    if suite not in SUITES:
+        raise ContainerError(f"unsupported suite {suite!r}: one of {', '.join(SUITES)}")
+    image = cache / f"debian-{suite}-base-{image_key(packages, suite)}"
     if image.is_dir():
         return image
-    with _locked(cache / ".debian-base.lock"):
+    with _locked(cache / f".debian-{suite}-base.lock"):
         if image.is_dir():  # built by another session while we waited
             return image
-        mirror = host_mirror()
+        mirror = host_mirror(suite)
         workdir = Path(tempfile.mkdtemp(prefix=".debian-base-", dir=cache))
         try:
             root = workdir / "root"
             logfile = image.with_name(image.name + ".log")
             logfile.write_text("")
             started = time.monotonic()
-            build_base_root(root, mirror, logfile, packages)
-            log.info("debootstrap + configure took %.0fs", time.monotonic() - started)
+            build_base_root(root, mirror, logfile, packages, suite)
+            log.info("%s: debootstrap + configure took %.0fs", suite, time.monotonic() - started)
             root.rename(image)  # atomic: readers only ever see a whole image
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        for old in cache.glob(f"debian-{SUITE}-base-*"):
+        for old in cache.glob(f"debian-{suite}-base-*"):
             if old.is_dir() and old != image:
                 shutil.rmtree(old, ignore_errors=True)
     return image
@@ -313,11 +333,10 @@ def make_root(image: Path, workdir: Path) -> Path:
 def release_root(workdir: Path) -> None:
     """Unmount (if an overlay) and delete a root made by make_root()."""
     root = workdir / "root"
-    if os.path.ismount(root):
-        if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
-            # Something still holds it; detach it so the delete below can't
-            # reach through it (it would only write whiteouts to upper anyway).
-            subprocess.run(["umount", "-l", str(root)], capture_output=True)
+    if os.path.ismount(root) and subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
+        # Something still holds it; detach it so the delete below can't
+        # reach through it (it would only write whiteouts to upper anyway).
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -341,6 +360,54 @@ def _comm(pid: int) -> str:
         return ""
 
 
+def _cgroup_dirs(leaf: str) -> list[Path]:
+    """Where `leaf`, a child of this process's own cgroup, is (or would be) in each
+    hierarchy systemd tracks processes with: cgroup v2 and v1's name=systemd.
+
+    Empty where there is no such hierarchy or it can't be read.
+    """
+    try:
+        own = dict(line.split(":", 2)[1:] for line in Path("/proc/self/cgroup").read_text().splitlines())
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    except (OSError, ValueError):
+        return []
+    found: list[Path] = []
+    for line in mounts:
+        # ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
+        left, _, right = line.partition(" - ")
+        fields, (fstype, _source, superopts) = left.split(), [*right.split(), "", "", ""][:3]
+        mountpoint = fields[4]
+        if fstype == "cgroup2":
+            key = ""
+        elif fstype == "cgroup" and "name=systemd" in superopts.split(","):
+            key = "name=systemd"
+        else:
+            continue
+        if fields[3] == "/" and key in own:
+            found.append(Path(mountpoint + own[key].rstrip("/")) / leaf)
+    return list(dict.fromkeys(found))
+
+
+def _remove_cgroup_tree(top: Path) -> None:
+    """rmdir `top` and every cgroup under it, deepest first; a live one is left alone."""
+    if not top.is_dir():
+        return
+    deadline = time.monotonic() + 2
+    for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+        while True:
+            try:
+                os.rmdir(dirpath)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as exc:
+                # Its last processes may still be on their way out.
+                if time.monotonic() > deadline:
+                    log.warning("cgroup %s left behind: %s", dirpath, exc)
+                    break
+                time.sleep(0.05)
+
+
 class Container:
     """A Debian root booted with systemd-nspawn.
 
@@ -359,6 +426,8 @@ class Container:
         self.failed_units: list[str] = []
         self._nspawn: subprocess.Popen[bytes] | None = None
         self._pid1: int | None = None
+        # Host cgroups of its own (see _make_cgroups); empty: it shares nspawn's.
+        self.cgroups: list[Path] = []
         self.boots = 0
 
     @classmethod
@@ -411,15 +480,62 @@ class Container:
             "--setenv=SYSTEMD_COLORS=0",
             *self.nspawn_args,
         ]
+        # Debian 12 and 13 boot with the unified cgroup v2 hierarchy only, so the
+        # container gets that whatever the host runs. On a hybrid (v1) host nspawn
+        # would otherwise hand it the v1 layout too: systemd 257 (trixie) still
+        # boots there, but tainted "cgroupsv1", and 258 has no v1 at all. A
+        # caller's own setting wins (set but empty: nspawn picks, as it used to).
+        env = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1", **os.environ}
+        join_cgroups = self._make_cgroups()
         self.boots += 1
         with self.console_log.open("ab") as out:
-            out.write(f"\n=== boot {self.boots}: {shlex.join(cmd)}\n".encode())
+            out.write(f"\n=== boot {self.boots}: SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="
+                      f"{env['SYSTEMD_NSPAWN_UNIFIED_HIERARCHY']} {shlex.join(cmd)}\n".encode())
             out.flush()
             # Own session: a Ctrl-C meant for pytest must not reach the container,
             # and close() can kill the whole process group.
             self._nspawn = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, env=env, preexec_fn=join_cgroups)
         self._pid1 = self._wait_pid1(timeout)
+
+    def _make_cgroups(self) -> Callable[[], None] | None:
+        """A cgroup of this container's own, and a function that moves the caller into it.
+
+        With --keep-unit, nspawn puts the container's systemd in `payload` under
+        nspawn's own cgroup. Without a systemd on the host that is the same cgroup
+        for every container (even a root-level /payload), so containers running at
+        once would share, say, system.slice/dbus.service (each systemd then counts
+        the other's processes and CPU time in its units), and a killed container's
+        cgroups would linger and turn up in the next one. nspawn started in a
+        cgroup of its own keeps them apart, and it is removed when nspawn exits.
+        Where cgroups can't be made, containers share as before.
+        """
+        dirs = []
+        for path in _cgroup_dirs(f"nspawn-{self.name}"):
+            try:
+                path.mkdir(exist_ok=True)
+            except OSError as exc:
+                log.warning("no cgroup of its own for %s (%s)", self.name, exc)
+                continue
+            dirs.append(path)
+        self.cgroups = dirs
+        if not dirs:
+            return None
+        procs = [str(d / "cgroup.procs") for d in dirs]
+
+        def join() -> None:  # runs in the child, before it execs nspawn
+            for path in procs:
+                try:
+                    with open(path, "w") as f:
+                        f.write("0")  # 0: the writing process itself
+                except OSError:
+                    pass
+
+        return join
+
+    def _remove_cgroups(self) -> None:
+        for path in self.cgroups:
+            _remove_cgroup_tree(path)
 
     def _wait_pid1(self, timeout: float) -> int:
         # nspawn's direct child becomes the container's PID 1 once it has
@@ -469,10 +585,12 @@ class Container:
         try:
             status = self._nspawn.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise ContainerError(f"container {self.name} did not stop within {timeout}s:\n{self.console_tail()}")
+            raise ContainerError(
+                f"container {self.name} did not stop within {timeout}s:\n{self.console_tail()}") from None
         # nspawn refuses to delete this itself when the host's /run is not a
         # tmpfs ("can't allow that"), and a leftover one fails the next boot.
         shutil.rmtree(self._propagate_dir(), ignore_errors=True)
+        self._remove_cgroups()
         return status
 
     def reboot(self, timeout: float = 90) -> None:
@@ -502,10 +620,8 @@ class Container:
             # Killing PID 1 of the container's PID namespace kills all inside it,
             # including what nsenter started; nspawn then exits on its own.
             if self._pid1 is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(self._pid1, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             try:
                 self._nspawn.wait(10)
             except subprocess.TimeoutExpired:
@@ -513,6 +629,7 @@ class Container:
                 self._nspawn.wait(10)
         self._pid1 = None
         shutil.rmtree(self._propagate_dir(), ignore_errors=True)
+        self._remove_cgroups()
 
     def close(self, keep_root: bool | None = None) -> None:
         """Kill the container and delete its temp dir (unless TSPROXY_TEST_KEEP=1)."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
-
 from nspawn import Container, wait_for
 
 pytestmark = pytest.mark.system
@@ -23,6 +23,26 @@ def test_systemd_is_pid1_and_running(booted_debian: Container) -> None:
     state = booted_debian.run(["systemctl", "is-system-running"], check=False).stdout.strip()
     assert state == "running", f"failed units: {booted_debian.failed_units}"
     assert booted_debian.run(["hostname"]).stdout.strip() == "tsproxy-test"
+
+
+RELEASES = {"bookworm": "12", "trixie": "13"}
+
+
+def test_release_and_cgroups(booted_debian: Container, debian_suite: str) -> None:
+    c = booted_debian
+    os_release = dict(line.split("=", 1) for line in c.run(["cat", "/etc/os-release"]).stdout.splitlines()
+                      if "=" in line)
+    assert os_release["VERSION_CODENAME"] == debian_suite
+    assert os_release["VERSION_ID"].strip('"') == RELEASES[debian_suite]
+    assert c.run(["cat", "/etc/apt/sources.list"]).stdout.split()[2] == debian_suite
+    if os.environ.get("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1") == "1":
+        # cgroup v2 only, as on a real Debian 12/13 host, whatever this host runs.
+        assert c.run(["stat", "-fc", "%T", "/sys/fs/cgroup"]).stdout.strip() == "cgroup2fs"
+        assert "cgroupsv1" not in c.run(["systemctl", "show", "-P", "Tainted"]).stdout
+    if c.cgroups:
+        # A cgroup of its own on the host, not one shared with every other container.
+        host_view = Path(f"/proc/{c.pid1}/cgroup").read_text()
+        assert f"nspawn-{c.name}/payload/" in host_view, host_view
 
 
 GENERATOR = """#!/bin/sh

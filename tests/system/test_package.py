@@ -1,4 +1,4 @@
-"""The .deb in a booted Debian 12: from conf files to running, isolated tailnets, and back.
+"""The .deb in a booted Debian 12 and 13: from conf files to running, isolated tailnets, and back.
 
 The container stands in for the user's host (tests/system/gateway.py): `tailscale0` carries
 the host's tailnet address (the primary tailnet is the lab's job), and a fake uplink leads to an
