@@ -41,6 +41,12 @@ hostname = label(default=None)
 veth_subnet = subnet30(default=None)
 tailscaled_args = tailscaled_args(default=list())
 allow_clients = cidr_list(default=list(100.64.0.0/10, fd7a:115c:a1e0::/48, 127.0.0.0/8, ::1/128))
+users_file = abspath(default=None)
+allow_identities = identities(default=list())
+identity_socket = abspath(default=/run/tailscale/tailscaled.sock)
+allow_egress = cidr_list(default=list())
+max_connections = integer(min=1, max=1000000, default=20000)
+max_connections_per_client = integer(min=1, max=1000000, default=2000)
 """.splitlines()
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -83,6 +89,12 @@ class TailnetConf:
     veth_subnet: ipaddress.IPv4Network
     tailscaled_args: tuple[str, ...]
     allow_clients: tuple[Network, ...]
+    users_file: str | None
+    allow_identities: tuple[str, ...]
+    identity_socket: str
+    allow_egress: tuple[Network, ...]
+    max_connections: int
+    max_connections_per_client: int
 
     @property
     def netns(self) -> str:
@@ -189,10 +201,21 @@ def check_tailscaled_args(value: str | list[str]) -> tuple[str, ...]:
     return tuple(items)
 
 
+def check_identities(value: str | list[str]) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    for item in items:
+        # A login name (user@example.com, or a GitHub-style name@github) or an ACL tag.
+        if not re.fullmatch(r"tag:[a-z0-9-]+|[^\s@,]+@[^\s@,]+", item):
+            raise ValidateError(f'"{item}" is not a login name (user@example.com) '
+                                "or a tag (tag:name)")
+    return tuple(items)
+
+
 VALIDATOR_CHECKS = {
     "listen": check_listen, "suffix": check_suffix, "label": check_label,
     "abspath": check_abspath, "url": check_url, "subnet30": check_subnet30,
     "cidr_list": check_cidr_list, "tailscaled_args": check_tailscaled_args,
+    "identities": check_identities,
 }
 
 
@@ -257,8 +280,8 @@ def load(path: str, root: str = "/") -> TailnetConf:
         raise ConfigError(path, ".".join([*sections, key]), f"unknown {kind} (see tsproxy.d(5))")
     for _sections, key, error in flatten_errors(conf, results):
         raise ConfigError(path, key, _validate_message(error, conf.get(key)))
-    if conf["authkey_file"] and not os.path.isfile(os.path.join(root, conf["authkey_file"][1:])):
-        raise ConfigError(path, "authkey_file", f'"{conf["authkey_file"]}" does not exist')
+    _check_file(path, "authkey_file", conf["authkey_file"], root, private=False)
+    _check_file(path, "users_file", conf["users_file"], root, private=True)
     return TailnetConf(
         name=name,
         path=path,
@@ -272,7 +295,26 @@ def load(path: str, root: str = "/") -> TailnetConf:
         veth_subnet=conf["veth_subnet"] or derived_subnet(name),
         tailscaled_args=conf["tailscaled_args"],
         allow_clients=conf["allow_clients"],
+        users_file=conf["users_file"],
+        allow_identities=conf["allow_identities"],
+        identity_socket=conf["identity_socket"],
+        allow_egress=conf["allow_egress"],
+        max_connections=conf["max_connections"],
+        max_connections_per_client=conf["max_connections_per_client"],
     )
+
+
+def _check_file(path: str, key: str, name: str | None, root: str, private: bool) -> None:
+    if name is None:
+        return
+    try:
+        mode = os.stat(os.path.join(root, name[1:])).st_mode
+    except OSError:
+        raise ConfigError(path, key, f'"{name}" does not exist') from None
+    # Passwords in a file others can read are a leak waiting to happen: refuse the file.
+    if private and mode & 0o077:
+        raise ConfigError(path, key, f'"{name}" is readable by group or others '
+                                     f"(mode {mode & 0o777:o}): chmod 600 it")
 
 
 def _validate_message(error: object, value: object) -> str:

@@ -34,7 +34,9 @@ def test_only_listen_derives_everything_else(tmp_path: Path) -> None:
         autostart=True, authkey_file=None, login_server=None, accept_routes=True,
         hostname="tsproxy-fgpu", veth_subnet=derived_subnet("fgpu"), tailscaled_args=(),
         allow_clients=tuple(map(ipaddress.ip_network, ["100.64.0.0/10", "fd7a:115c:a1e0::/48",
-                                                       "127.0.0.0/8", "::1/128"])))
+                                                       "127.0.0.0/8", "::1/128"])),
+        users_file=None, allow_identities=(), identity_socket="/run/tailscale/tailscaled.sock",
+        allow_egress=(), max_connections=20000, max_connections_per_client=2000)
     assert str(conf.listen) == "100.121.76.21:11080"
     assert conf.netns == "ts-fgpu"
     assert conf.veth_subnet.subnet_of(ipaddress.IPv4Network("10.200.0.0/16"))
@@ -43,6 +45,9 @@ def test_only_listen_derives_everything_else(tmp_path: Path) -> None:
 
 def test_every_key_set(tmp_path: Path) -> None:
     key = write(tmp_path, "fgpu.key", "tskey-auth-xxxx\n")
+    users = write(tmp_path, "fgpu.users", "alice:secret\n")
+    os.chmod(key, 0o600)
+    os.chmod(users, 0o400)
     conf = load(write(tmp_path, "fgpu.conf", f"""
 # a comment
 listen = [fd7a:115c:a1e0::1]:1080
@@ -55,6 +60,12 @@ hostname = demon-fgpu
 veth_subnet = 10.99.0.8/30
 tailscaled_args = --verbose=1, --port=41642
 allow_clients = 100.101.102.103/32, 10.0.0.0/8
+users_file = {users}
+allow_identities = alice@example.com, tag:ops
+identity_socket = /run/tailscale-home/tailscaled.sock
+allow_egress = 192.168.7.0/24
+max_connections = 100
+max_connections_per_client = 10
 """))
     assert str(conf.listen) == "[fd7a:115c:a1e0::1]:1080"
     assert conf.suffix == "farmgpu.example"
@@ -65,6 +76,11 @@ allow_clients = 100.101.102.103/32, 10.0.0.0/8
     assert str(conf.veth_subnet) == "10.99.0.8/30"
     assert conf.tailscaled_args == ("--verbose=1", "--port=41642")
     assert [str(n) for n in conf.allow_clients] == ["100.101.102.103/32", "10.0.0.0/8"]
+    assert conf.users_file == users
+    assert conf.allow_identities == ("alice@example.com", "tag:ops")
+    assert conf.identity_socket == "/run/tailscale-home/tailscaled.sock"
+    assert [str(n) for n in conf.allow_egress] == ["192.168.7.0/24"]
+    assert (conf.max_connections, conf.max_connections_per_client) == (100, 10)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -95,6 +111,14 @@ allow_clients = 100.101.102.103/32, 10.0.0.0/8
     (LISTEN + "tailscaled_args = --x=a\\b\n", 'fgpu.conf: tailscaled_args: "--x=a\\b" is not a single --flag or --flag=value (no spaces or quotes)'),
     (LISTEN + "allow_clients = 100.64.0.1/10\n", 'fgpu.conf: allow_clients: "100.64.0.1/10" is not a network in CIDR form (host bits must be zero)'),
     (LISTEN + "allow_clients = everyone\n", 'fgpu.conf: allow_clients: "everyone" is not a network in CIDR form (host bits must be zero)'),
+    (LISTEN + "allow_identities = alice\n", 'fgpu.conf: allow_identities: "alice" is not a login name (user@example.com) or a tag (tag:name)'),
+    (LISTEN + "allow_identities = tag:\n", 'fgpu.conf: allow_identities: "tag:" is not a login name (user@example.com) or a tag (tag:name)'),
+    (LISTEN + "identity_socket = run/ts.sock\n", 'fgpu.conf: identity_socket: "run/ts.sock" is not an absolute path'),
+    (LISTEN + "allow_egress = 10.0.0.1/8\n", 'fgpu.conf: allow_egress: "10.0.0.1/8" is not a network in CIDR form (host bits must be zero)'),
+    (LISTEN + "max_connections = 0\n", 'fgpu.conf: max_connections: the value "0" is too small.'),
+    (LISTEN + "max_connections = lots\n", 'fgpu.conf: max_connections: "lots" is not a boolean (yes or no)'),
+    (LISTEN + "max_connections_per_client = 1e9\n", 'fgpu.conf: max_connections_per_client: "1e9" is not a boolean (yes or no)'),
+    (LISTEN + "users_file = /nonexistent/users\n", 'fgpu.conf: users_file: "/nonexistent/users" does not exist'),
     (LISTEN + "port = 11080\n", "fgpu.conf: port: unknown key (see tsproxy.d(5))"),
     (LISTEN + "[fgpu]\nsuffix = fgpu\n", "fgpu.conf: fgpu: unknown section (see tsproxy.d(5))"),
     (LISTEN + "listen = 1.2.3.4:1\n", "fgpu.conf: line 2: Duplicate keyword name"),
@@ -164,3 +188,10 @@ def test_error_names_file_and_key(tmp_path: Path) -> None:
     assert (error.path, error.key, error.message) == ("/etc/tsproxy.d/fgpu.conf", "listen", "bad")
     assert str(ConfigError("/x.conf", None, "gone")) == "/x.conf: gone"
     assert os.path.basename(error.path) == "fgpu.conf"
+
+
+def test_secret_files_must_be_private(tmp_path: Path) -> None:
+    users = write(tmp_path, "fgpu.users", "alice:secret\n")
+    os.chmod(users, 0o644)
+    assert error_of(tmp_path, LISTEN + f"users_file = {users}\n") == (
+        'fgpu.conf: users_file: "fgpu.users" is readable by group or others (mode 644): chmod 600 it')
