@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "system"))
 
 import gateway  # noqa: E402
+import images  # noqa: E402
 import nspawn  # noqa: E402
 
 CONF = f"listen = {gateway.HOST_TS_IP}:11080\n"
@@ -44,7 +45,7 @@ TOUR = [
 def main() -> int:
     tailscale_deb = subprocess.run([str(HERE / "tailscale/build-deb"), "/tmp"], check=True,
                                    capture_output=True, text=True).stdout.split()[-1]
-    with nspawn.Container.from_image(nspawn.ensure_base_image()) as container:
+    with nspawn.Container.from_image(images.ensure_base_image()) as container:
         container.boot()
         container.wait_running()
         gateway.bring_up_network(container)

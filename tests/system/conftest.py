@@ -27,6 +27,7 @@ REPO = HERE.parents[1]
 # The harness lives beside the tests; make it importable whatever pytest's import mode.
 sys.path.insert(0, str(HERE))
 
+import images  # noqa: E402
 import nspawn  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
 # Debian release -> test id. The session-scoped param makes pytest group the tests by
 # suite: all of one suite's tests run, then the other's.
 SUITE_IDS = {"bookworm": "debian12", "trixie": "debian13"}
-assert tuple(SUITE_IDS) == nspawn.SUITES
+assert tuple(SUITE_IDS) == images.SUITES
 
 
 @pytest.fixture(scope="session", params=list(SUITE_IDS), ids=list(SUITE_IDS.values()))
@@ -65,18 +66,18 @@ def debian_suite(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def debian_image(debian_suite: str) -> Path:
     _require_root()
-    return nspawn.ensure_base_image(suite=debian_suite)
+    return images.ensure_base_image(suite=debian_suite)
 
 
 @pytest.fixture
 def debian_root(debian_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     workdir = tmp_path_factory.mktemp("nspawn")
-    root = nspawn.make_root(debian_image, workdir)
+    root = images.make_root(debian_image, workdir)
     try:
         yield root
     finally:
         if os.environ.get("TSPROXY_TEST_KEEP") != "1":
-            nspawn.release_root(workdir)
+            images.release_root(workdir)
 
 
 @pytest.fixture

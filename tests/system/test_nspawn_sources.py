@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from nspawn import _mirrors_from_sources
+from images import _mirrors_from_sources
 
 pytestmark = pytest.mark.unit
 
