@@ -178,8 +178,15 @@ def check_subnet30(text: str) -> ipaddress.IPv4Network:
     return network
 
 
+def _items(value: str | list[str]) -> list[str]:
+    """A list key's items: configobj gives one item as a string, and `key =` as ""."""
+    if isinstance(value, str):
+        return [value] if value else []
+    return value
+
+
 def check_cidr_list(value: str | list[str]) -> tuple[Network, ...]:
-    items = [value] if isinstance(value, str) else value
+    items = _items(value)
     networks = []
     for item in items:
         try:
@@ -191,7 +198,7 @@ def check_cidr_list(value: str | list[str]) -> tuple[Network, ...]:
 
 
 def check_tailscaled_args(value: str | list[str]) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
+    items = _items(value)
     for item in items:
         if not re.fullmatch(r"--?[a-z][a-z0-9-]*(=\S*)?", item) or re.search(r"[\"'\\]", item):
             raise ValidateError(f'"{item}" is not a single --flag or --flag=value '
@@ -202,7 +209,7 @@ def check_tailscaled_args(value: str | list[str]) -> tuple[str, ...]:
 
 
 def check_identities(value: str | list[str]) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
+    items = _items(value)
     for item in items:
         # A login name (user@example.com, or a GitHub-style name@github) or an ACL tag.
         if not re.fullmatch(r"tag:[a-z0-9-]+|[^\s@,]+@[^\s@,]+", item):

@@ -195,3 +195,9 @@ def test_secret_files_must_be_private(tmp_path: Path) -> None:
     os.chmod(users, 0o644)
     assert error_of(tmp_path, LISTEN + f"users_file = {users}\n") == (
         'fgpu.conf: users_file: "fgpu.users" is readable by group or others (mode 644): chmod 600 it')
+
+
+def test_empty_list_values(tmp_path: Path) -> None:
+    conf = load(write(tmp_path, "fgpu.conf", LISTEN + "allow_egress =\nallow_identities = ,\n"
+                                                      "tailscaled_args =\n"))
+    assert (conf.allow_egress, conf.allow_identities, conf.tailscaled_args) == ((), (), ())
