@@ -1,0 +1,39 @@
+"""Sans-I/O proxy handshakes: bytes in, reply bytes and one ConnectRequest out.
+
+Nothing here touches a socket, a clock or a logger, so every parser can be fed byte by byte and
+fuzzed. Both handshakes have the h11 shape::
+
+    hs = Socks5Handshake(authenticate)         # or HttpConnectHandshake(authenticate)
+    send(hs.receive_data(data))                # b"" means EOF; may raise ProtocolError
+    if hs.request: dial, send(hs.reply(Reply.SUCCEEDED, bound)), forward hs.leftover
+
+ProtocolError.reply holds the exact bytes to send before closing (b"" means just close).
+"""
+
+from __future__ import annotations
+
+from .base import Authenticate, ConnectRequest, ProtocolError, Reply, is_host
+from .http_connect import HttpConnectHandshake
+from .socks5 import Socks5Handshake
+
+__all__ = [
+    "Authenticate",
+    "ConnectRequest",
+    "HttpConnectHandshake",
+    "ProtocolError",
+    "Reply",
+    "Socks5Handshake",
+    "is_host",
+    "sniff",
+]
+
+
+def sniff(first: int) -> str | None:
+    """Which handshake a connection speaks, from its first byte."""
+    if first == 0x05:
+        return "socks5"
+    # Every HTTP method is a token that starts with a letter; SOCKS4 (0x04), TLS (0x16) and
+    # everything else is neither.
+    if 0x41 <= first <= 0x5A or 0x61 <= first <= 0x7A:
+        return "http"
+    return None

@@ -1,0 +1,90 @@
+"""What both handshakes share: reply codes, the error, the request, small helpers."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+
+# authenticate(user, password) -> bool. The callback compares in constant time; the parsers
+# call it exactly once per attempt, whatever the user name, so they add no timing of their own.
+Authenticate = Callable[[str, str], bool]
+
+
+class Reply(IntEnum):
+    """RFC 1928 REP codes; the HTTP handshake maps them to status codes."""
+
+    SUCCEEDED = 0
+    GENERAL_FAILURE = 1
+    NOT_ALLOWED = 2
+    NETWORK_UNREACHABLE = 3
+    HOST_UNREACHABLE = 4
+    CONNECTION_REFUSED = 5
+    TTL_EXPIRED = 6
+    COMMAND_NOT_SUPPORTED = 7
+    ADDRESS_TYPE_NOT_SUPPORTED = 8
+
+
+class ProtocolError(Exception):
+    """The handshake failed: send ``reply`` (possibly b"") and close; ``reason`` is for the log.
+
+    ``reply`` also carries whatever the same receive_data() call produced before the failure
+    (e.g. the method selection before a failed RFC 1929 login), so a client that pipelines
+    still reads every answer in order.
+    """
+
+    def __init__(self, reason: str, reply: bytes = b"") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    host: str  # IP literal (no brackets) or a host name, as the client sent it
+    port: int  # 1..65535
+    protocol: str  # "socks5" or "http"
+    user: str | None  # the authenticated user, if authentication is on
+
+
+def ip_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address if `text` is a plain IP literal; zone ids ("fe80::1%eth0") are not."""
+    if "%" in text:
+        return None
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def is_host(text: str) -> bool:
+    """An IP literal or a DNS host name that could ever resolve.
+
+    Host names are ASCII letters, digits, '-' and '_' (underscores appear in real internal
+    names), labels of 1..63 characters that neither start nor end with '-', at most 253
+    characters plus one optional trailing dot (RFC 1035's 255-octet wire limit). Anything else
+    (empty, NUL, spaces, non-ASCII, a 255-character single label) can never be looked up.
+    """
+    if ip_literal(text) is not None:
+        return True
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > 253:
+        return False
+    for label in name.split("."):
+        if not 1 <= len(label) <= 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        if not all(c in _HOST_CHARS for c in label):
+            return False
+    return True
+
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def shown(value: str | bytes, limit: int = 64) -> str:
+    """Client-supplied text for a log reason: repr() escapes control characters (no log
+    injection) and the length is capped (no log flooding)."""
+    if len(value) > limit:
+        return repr(value[:limit]) + "..."
+    return repr(value)

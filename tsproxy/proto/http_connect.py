@@ -1,0 +1,240 @@
+"""HTTP CONNECT server handshake (RFC 9110 9.3.6, RFC 9112, RFC 7617 Basic), sans-I/O.
+
+The head is read line by line as it arrives. The request line is judged as soon as it ends, so
+a client that is not speaking HTTP at all (an SSH banner, say) is answered at once instead of
+at the handshake timeout; the credentials are judged once the empty line ends the head.
+
+Decisions (each has a test):
+
+- Lines end in CRLF or a bare LF (RFC 9112 2.2 allows accepting LF; h11 does).
+- Request line: exactly `METHOD SP target SP HTTP/d.d`, else 400. HTTP/2.0 and friends: 505.
+  A method other than CONNECT: 405 with `Allow: CONNECT` (absolute-form GET forwarding is not
+  offered). Methods are case-sensitive.
+- Target: authority-form only. `host:port` or `[IPv6]:port`; the port is 1..5 ASCII digits
+  with a value of 1..65535 (port 0 is 400: in HTTP it is a malformed authority, not a policy
+  refusal). The host must pass base.is_host; zone ids, userinfo, unbracketed IPv6: 400.
+- Headers: `name: value` with a token name; obsolete line folding, CR or NUL in a value: 400.
+  Only Proxy-Authorization is used, and only with authentication on; then a repeated one is
+  400 (which one would count?).
+- The head (request line through the empty line) may be 64 KiB; beyond that 431.
+- Authentication on: a missing, non-Basic, undecodable (bad base64, not UTF-8, no ':') or
+  empty-user credential is 407 without asking the callback; a decodable one is passed to the
+  callback, which decides. Every 407 carries `Proxy-Authenticate: Basic realm="tsproxy"`.
+- Bytes after the head are tunnel payload (.leftover), even if the client declared a body:
+  RFC 9110 gives CONNECT no content.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from http import HTTPStatus
+
+from .base import Authenticate, ConnectRequest, ProtocolError, Reply, ip_literal, is_host, shown
+
+MAX_HEAD = 64 * 1024
+REALM = "tsproxy"
+ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+
+# RFC 9110 5.6.2 token characters (methods and field names).
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DIGITS = frozenset("0123456789")
+_VERSION = re.compile(r"HTTP/([0-9])\.[0-9]")
+
+# What a failed dial looks like to an HTTP client. REP 1 is what the resolver being down
+# maps to, a gateway problem like the others, hence 502 rather than 500.
+_STATUS = {
+    Reply.GENERAL_FAILURE: HTTPStatus.BAD_GATEWAY,
+    Reply.NOT_ALLOWED: HTTPStatus.FORBIDDEN,
+    Reply.NETWORK_UNREACHABLE: HTTPStatus.BAD_GATEWAY,
+    Reply.HOST_UNREACHABLE: HTTPStatus.BAD_GATEWAY,
+    Reply.CONNECTION_REFUSED: HTTPStatus.BAD_GATEWAY,
+    Reply.TTL_EXPIRED: HTTPStatus.GATEWAY_TIMEOUT,
+    Reply.COMMAND_NOT_SUPPORTED: HTTPStatus.METHOD_NOT_ALLOWED,
+    Reply.ADDRESS_TYPE_NOT_SUPPORTED: HTTPStatus.BAD_REQUEST,
+}
+
+
+def response(status: HTTPStatus, *headers: str) -> bytes:
+    """A complete error response: no body, and the connection closes after it."""
+    lines = [f"HTTP/1.1 {status.value} {status.phrase}", *headers,
+             "Content-Length: 0", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def _bad(reason: str) -> ProtocolError:
+    return ProtocolError(reason, response(HTTPStatus.BAD_REQUEST))
+
+
+def _unauthorized(reason: str) -> ProtocolError:
+    return ProtocolError(reason, response(HTTPStatus.PROXY_AUTHENTICATION_REQUIRED,
+                                          f'Proxy-Authenticate: Basic realm="{REALM}"'))
+
+
+class _State(enum.Enum):
+    REQUEST_LINE = enum.auto()
+    HEADERS = enum.auto()
+    DONE = enum.auto()
+    FAILED = enum.auto()
+
+
+class HttpConnectHandshake:
+    """One client's HTTP CONNECT request, up to the end of its head."""
+
+    def __init__(self, authenticate: Authenticate | None = None) -> None:
+        self._authenticate = authenticate
+        self._state = _State.REQUEST_LINE
+        self._buffer = bytearray()
+        self._line_start = 0  # where the next unread line starts in _buffer
+        self._scanned = 0  # no LF before this offset: byte-by-byte feeding stays linear
+        self._target: tuple[str, int] = ("", 0)
+        self._credentials: list[str] = []
+        self._request: ConnectRequest | None = None
+        self._leftover = b""
+
+    @property
+    def request(self) -> ConnectRequest | None:
+        """The CONNECT request, once its head is complete (and authenticated, if required)."""
+        return self._request
+
+    @property
+    def leftover(self) -> bytes:
+        """Bytes the client sent after the head: payload to forward once dialed."""
+        return self._leftover
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the head held so far (at most MAX_HEAD)."""
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes from the client (b"" = EOF). Nothing is ever sent before the final
+        reply, so this returns b"" or raises ProtocolError."""
+        if self._state is _State.FAILED:
+            raise ProtocolError("handshake already failed")
+        if self._state is _State.DONE:
+            self._leftover += data
+            return b""
+        if not data:
+            self._fail()
+            raise ProtocolError("client closed the connection mid-handshake")
+        self._buffer += data
+        try:
+            self._parse()
+        except ProtocolError:
+            self._fail()
+            raise
+        return b""
+
+    def reply(self, code: Reply, bound: tuple[str, int] | None = None) -> bytes:
+        """The response to the request; `bound` is accepted for symmetry with SOCKS5 and
+        unused: HTTP has no place for it."""
+        if code is Reply.SUCCEEDED:
+            return ESTABLISHED
+        return response(_STATUS[code])
+
+    def _fail(self) -> None:
+        self._state = _State.FAILED
+        self._buffer.clear()
+
+    def _parse(self) -> None:
+        buf = self._buffer
+        while self._state is not _State.DONE:
+            newline = buf.find(b"\n", self._scanned)
+            if newline < 0:
+                self._scanned = len(buf)
+                if len(buf) > MAX_HEAD:
+                    raise ProtocolError(f"request head over {MAX_HEAD} bytes",
+                                        response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE))
+                return
+            end = newline + 1
+            if end > MAX_HEAD:
+                raise ProtocolError(f"request head over {MAX_HEAD} bytes",
+                                    response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE))
+            line = bytes(buf[self._line_start:newline]).removesuffix(b"\r")
+            self._line_start = self._scanned = end
+            if self._state is _State.REQUEST_LINE:
+                self._request_line(line.decode("latin-1"))
+                self._state = _State.HEADERS
+            elif line:
+                self._header(line.decode("latin-1"))
+            else:
+                user = self._check_credentials()
+                self._request = ConnectRequest(*self._target, "http", user)
+                self._leftover = bytes(buf[end:])
+                buf.clear()
+                self._state = _State.DONE
+
+    def _request_line(self, line: str) -> None:
+        parts = line.split(" ")
+        if len(parts) != 3:
+            raise _bad(f"bad request line {shown(line)}")
+        method, target, version = parts
+        if not method or not _TCHAR.issuperset(method):
+            raise _bad(f"bad request line {shown(line)}")
+        matched = _VERSION.fullmatch(version)
+        if matched is None:
+            raise _bad(f"bad request line {shown(line)}")
+        if matched.group(1) != "1":
+            raise ProtocolError(f"version {shown(version)} not supported",
+                                response(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED))
+        if method != "CONNECT":
+            raise ProtocolError(f"method {shown(method)} not supported (only CONNECT)",
+                                response(HTTPStatus.METHOD_NOT_ALLOWED, "Allow: CONNECT"))
+        self._target = _authority(target)
+
+    def _header(self, line: str) -> None:
+        if line[0] in " \t":
+            raise _bad("obsolete header line folding")
+        # Never a header's value in a reason: it may be a password.
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise _bad("header line without ':'")
+        if not name or not _TCHAR.issuperset(name):
+            raise _bad(f"bad header name {shown(name, 32)}")
+        value = value.strip(" \t")
+        if "\r" in value or "\0" in value:
+            raise _bad(f"CR or NUL in header {shown(name)}")
+        if name.lower() == "proxy-authorization":
+            self._credentials.append(value)
+
+    def _check_credentials(self) -> str | None:
+        if self._authenticate is None:
+            return None
+        if len(self._credentials) > 1:
+            raise _bad("repeated Proxy-Authorization")
+        if not self._credentials:
+            raise _unauthorized("no Proxy-Authorization")
+        scheme, _, token = self._credentials[0].partition(" ")
+        if scheme.lower() != "basic":
+            raise _unauthorized(f"Proxy-Authorization scheme {shown(scheme, 16)} is not Basic")
+        try:
+            decoded = base64.b64decode(token.strip(" ").encode("latin-1"), validate=True)
+            user, colon, password = decoded.decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise _unauthorized("Proxy-Authorization Basic is not base64 of UTF-8") from None
+        if not colon or not user:
+            raise _unauthorized("Proxy-Authorization Basic without a user name and ':'")
+        if not self._authenticate(user, password):
+            raise _unauthorized(f"authentication failed for user {shown(user)}")
+        return user
+
+
+def _authority(target: str) -> tuple[str, int]:
+    """CONNECT's authority-form target: (host without brackets, port)."""
+    host, colon, port = target.rpartition(":")
+    if not colon or not 1 <= len(port) <= 5 or not _DIGITS.issuperset(port):
+        raise _bad(f"CONNECT target {shown(target)} is not host:port")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise _bad(f"CONNECT target {shown(target)}: port out of range")
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        if ip_literal(inner) is None or ":" not in inner:
+            raise _bad(f"CONNECT target {shown(target)}: bad IPv6 literal")
+        return inner, number
+    if ":" in host or not is_host(host):
+        raise _bad(f"CONNECT target {shown(target)}: bad host")
+    return host, number
