@@ -78,6 +78,25 @@ def assert_instance_up(container: Container, name: str, port: int) -> None:
     assert seen == UPLINK
 
 
+def assert_proxy_inside_the_namespace(container: Container, name: str, port: int) -> None:
+    """The proxy answers through socket activation on the host's address, runs inside the
+    namespace, and reaches only what is behind the namespace's tailscale0: here nothing (no
+    tailnet is logged in), so even the fake internet the namespace's NAT reaches is refused."""
+    proxy = f"socks5h://{HOST_TS_IP}:{port}"
+    # A name that would rebind to the gateway's own loopback: refused by policy (REP 2).
+    rebind = container.run(f"curl -sS -m 10 -x {proxy} http://127.0.0.1.{name}/", check=False)
+    assert rebind.returncode == 97 and "(2)" in rebind.stderr, rebind.stderr
+    # Reachable through the namespace's NAT, but not through its tailscale0: unreachable.
+    egress = container.run(f"curl -sS -m 10 -x {proxy} http://{INTERNET}:8080/", check=False)
+    assert egress.returncode == 97 and UPLINK not in egress.stdout, egress.stderr
+    pid = container.run(f"systemctl show -P MainPID tsproxy-socks@{name}.service").stdout.strip()
+    assert container.run(f"ip netns identify {pid}").stdout.strip() == f"ts-{name}"
+    # One journal line per connection, with the destination and the outcome.
+    wait_for(lambda: "127.0.0.1." in container.run(
+        f"journalctl -b -u tsproxy-socks@{name} --no-pager -o cat").stdout,
+        what="the proxy's connection log line")
+
+
 def assert_instance_gone(container: Container, name: str) -> None:
     assert f"ts-{name}" not in netns_list(container)
     assert container.run(f"ip link show ts-{name}", check=False).returncode != 0
@@ -121,12 +140,7 @@ def test_conf_to_running_tailnets_and_back(booted_debian: Container, tailscale_d
     assert_instance_up(c, "work", 11081)
     assert unit_state(c, "tsproxy@lab.service") == "inactive"
 
-    # The placeholder proxy is reached through socket activation and refuses, loudly.
-    curl = c.run(f"curl -sS -m 5 -x socks5h://{HOST_TS_IP}:11080 http://{INTERNET}:8080/",
-                 check=False)
-    assert curl.returncode != 0 and UPLINK not in curl.stdout
-    wait_for(lambda: "placeholder" in c.run("journalctl -b -u tsproxy-socks@fgpu --no-pager").stdout,
-             what="the placeholder's log line")
+    assert_proxy_inside_the_namespace(c, "fgpu", 11080)
 
     # The broken conf never starts, and says why.
     bad = c.run("systemctl start tsproxy@broken", check=False)

@@ -1,8 +1,10 @@
-"""`tsproxy proxy NAME`: PLACEHOLDER until the SOCKS5/HTTP proxy lands.
+"""`tsproxy proxy NAME`: serve an instance's SOCKS5 + HTTP CONNECT proxy.
 
-It takes the listening socket from systemd (tsproxy-socks@NAME.socket) so the whole unit
-chain can be started and tested, and refuses every connection with a reset and a log
-line. It never pretends to proxy.
+Under systemd (tsproxy-socks@NAME.service) the listening socket comes from
+tsproxy-socks@NAME.socket, made in the host's namespace, while this process runs inside the
+instance's namespace: every outbound connection leaves from there. For tests and
+benchmarks it also runs standalone: `--listen IP:PORT` binds its own socket, `--conf PATH`
+reads a conf from anywhere.
 """
 
 from __future__ import annotations
@@ -10,33 +12,98 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import struct
-import sys
+
+from validate import ValidateError
+
+from tsproxy_generator.config import ConfigError, Listen, check_listen, load
 
 from ..errors import TsproxyError
+from ..instances import get_instance
+from ..proxy import service
+from ..proxy.egress import DEVICE, DIAL_TIMEOUT
+from ..proxy.relay import IDLE_TIMEOUT
+from ..proxy.server import HANDSHAKE_TIMEOUT
 
 SD_LISTEN_FDS_START = 3
+BACKLOG = 4096  # only for --listen; systemd's socket unit sets its own (default 4096)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="instance (the conf's file name)")
-
-
-def inherited_listener() -> socket.socket:
-    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
-        raise TsproxyError("proxy: expects one listening socket from systemd "
-                           "(run it through tsproxy-socks@NAME.socket)")
-    return socket.socket(fileno=SD_LISTEN_FDS_START)
+    parser.add_argument("--conf", metavar="PATH",
+                        help="read this conf instead of /etc/tsproxy.d/NAME.conf")
+    parser.add_argument("--listen", metavar="IP:PORT",
+                        help="bind this address instead of taking the socket from systemd")
+    parser.add_argument("--stats", metavar="PATH",
+                        help="write counters here (default: stats.json in the unit's "
+                             "RuntimeDirectory, when there is one)")
+    parser.add_argument("--device", default=DEVICE,
+                        help=f"the only interface outbound connections may use "
+                             f"(default {DEVICE})")
+    parser.add_argument("--names-socket", metavar="PATH",
+                        help="tailscaled LocalAPI socket for names (default: the instance's)")
+    for what, default in (("handshake", HANDSHAKE_TIMEOUT), ("dial", DIAL_TIMEOUT),
+                          ("idle", IDLE_TIMEOUT)):
+        parser.add_argument(f"--{what}-timeout", type=float, default=default, metavar="SECONDS",
+                            help=f"{what} timeout (default {default:g} s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    listener = inherited_listener()
-    print(f"{args.name}: PLACEHOLDER proxy: the SOCKS5/HTTP proxy is not implemented yet; "
-          f"every connection to {listener.getsockname()} is refused", file=sys.stderr, flush=True)
-    while True:
-        client, peer = listener.accept()
-        # SO_LINGER 0: close with RST, so clients see "connection reset", never a proxy.
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.close()
-        print(f"{args.name}: refused {peer[0]}:{peer[1]} (placeholder proxy)", file=sys.stderr,
-              flush=True)
+    if args.conf:
+        try:
+            conf = load(args.conf)
+        except ConfigError as error:
+            raise TsproxyError(str(error)) from None
+        if conf.name != args.name:  # the name picks the LocalAPI socket: they must agree
+            raise TsproxyError(f"--conf {args.conf} is instance {conf.name!r}, not "
+                               f"{args.name!r}")
+    else:
+        conf = get_instance(args.name)
+    listener = bind(parse_listen(args.listen)) if args.listen else inherited_listener()
+    stats = args.stats
+    if stats is None and os.environ.get("RUNTIME_DIRECTORY"):
+        # systemd made the directory (RuntimeDirectory=) and removes it when the unit stops.
+        stats = os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "stats.json")
+    options = service.Options(stats_path=stats, device=args.device,
+                              names_socket=args.names_socket,
+                              handshake_timeout=args.handshake_timeout,
+                              dial_timeout=args.dial_timeout, idle_timeout=args.idle_timeout)
+    return service.run(conf, listener, options)
+
+
+def parse_listen(text: str) -> Listen:
+    try:
+        listen = check_listen(text)
+    except ValidateError as error:
+        raise TsproxyError(f"--listen: {error}") from None
+    assert isinstance(listen, Listen)
+    return listen
+
+
+def bind(listen: Listen) -> socket.socket:
+    family = socket.AF_INET if listen.address.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((str(listen.address), listen.port))
+        sock.listen(BACKLOG)
+    except OSError as error:
+        sock.close()
+        raise TsproxyError(f"--listen {listen}: {error.strerror}") from None
+    return sock
+
+
+def inherited_listener() -> socket.socket:
+    """The one listening socket systemd passed (sd_listen_fds(3) protocol)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        raise TsproxyError("proxy: expects one listening socket from systemd (run it through "
+                           "tsproxy-socks@NAME.socket) or --listen IP:PORT")
+    # Not for our children: they are not the process the socket was meant for.
+    for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(variable, None)
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.type != socket.SOCK_STREAM or sock.getsockopt(socket.SOL_SOCKET,
+                                                          socket.SO_ACCEPTCONN) != 1:
+        raise TsproxyError("proxy: the socket from systemd is not a listening stream socket")
+    os.set_inheritable(sock.fileno(), False)
+    return sock

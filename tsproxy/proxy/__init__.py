@@ -1,0 +1,6 @@
+"""The proxy: SOCKS5 and HTTP CONNECT on one inherited socket, dialing out through tailscale0.
+
+server.py accepts and runs one task per connection (handshake, access, names, egress, dial);
+relay.py moves the bytes with splice(2) through pooled pipes (pipes.py); access.py, limits.py
+and egress.py decide who may connect, how many, and where to; stats.py counts and logs.
+"""

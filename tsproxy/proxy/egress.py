@@ -1,0 +1,217 @@
+"""Where the proxy may dial: the destination policy, and outbound sockets tied to tailscale0.
+
+Two locks, either one enough on its own:
+
+- every outbound socket is bound to the tailnet's interface (SO_BINDTODEVICE), so the kernel
+  only sends it through tailscale0: the veth, the host and the internet behind it cannot be
+  reached whatever the name resolved to. A destination no route through tailscale0 covers
+  is answered at once with REP 3 "network unreachable" (routes.py says why a check is
+  needed for that);
+- after resolving, addresses that are never a tailnet peer are refused before dialing
+  (REP 2 / HTTP 403): loopback, link-local, multicast, unspecified and broadcast, the veth
+  pool and this instance's veth /30, and Tailscale's own service addresses. That stops
+  `127.0.0.1.fgpu` (DNS rebinding onto the gateway itself) even where a route would exist.
+
+A conf's allow_egress lists networks exempt from the second lock, never from the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+from collections.abc import Iterable, Sequence
+
+from tsproxy_generator.config import VETH_POOL, Address, Network
+
+from ..proto import Reply
+from .routes import Routes
+
+DEVICE = "tailscale0"
+DIAL_TIMEOUT = 10.0
+# Keepalive finds a vanished peer of an idle tunnel within KEEPIDLE + KEEPINTVL * KEEPCNT
+# seconds, long before the relay's 2 h idle timeout.
+KEEPIDLE, KEEPINTVL, KEEPCNT = 120, 30, 4
+
+ALWAYS_REFUSED: tuple[Network, ...] = (
+    ipaddress.IPv4Network("0.0.0.0/8"),  # "this network", and 0.0.0.0 which means loopback
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv4Network("169.254.0.0/16"),
+    ipaddress.IPv4Network("224.0.0.0/4"),
+    ipaddress.IPv4Network("255.255.255.255/32"),
+    VETH_POOL,
+    ipaddress.IPv4Network("100.100.100.100/32"),  # Tailscale's DNS and metadata service
+    ipaddress.IPv6Network("::/128"),
+    ipaddress.IPv6Network("::1/128"),
+    ipaddress.IPv6Network("fe80::/10"),
+    ipaddress.IPv6Network("ff00::/8"),
+    ipaddress.IPv6Network("fd7a:115c:a1e0::53/128"),
+)
+
+# What a failed connect means to the client, as RFC 1928 says it.
+DIAL_ERRORS = {
+    errno.ENETUNREACH: Reply.NETWORK_UNREACHABLE,
+    errno.ENODEV: Reply.NETWORK_UNREACHABLE,  # no tailscale0: tailscaled is not up
+    errno.EHOSTUNREACH: Reply.HOST_UNREACHABLE,
+    errno.EHOSTDOWN: Reply.HOST_UNREACHABLE,
+    errno.ECONNREFUSED: Reply.CONNECTION_REFUSED,
+    errno.ETIMEDOUT: Reply.TTL_EXPIRED,
+    errno.EACCES: Reply.NOT_ALLOWED,  # a firewall's reject
+    errno.EPERM: Reply.NOT_ALLOWED,
+    errno.EADDRNOTAVAIL: Reply.NETWORK_UNREACHABLE,
+}
+
+
+class DialError(Exception):
+    def __init__(self, reply: Reply, reason: str) -> None:
+        super().__init__(reason)
+        self.reply = reply
+        self.reason = reason
+
+
+class Policy:
+    """Which resolved addresses the proxy refuses to dial.
+
+    Networks are kept as (network, mask) integers per IP version: the check runs for every
+    connection, and integer masks cost a fraction of ipaddress' `in`.
+    """
+
+    def __init__(self, veth_subnet: ipaddress.IPv4Network | None,
+                 allow: Iterable[Network] = ()) -> None:
+        refused = list(ALWAYS_REFUSED)
+        if veth_subnet is not None and not veth_subnet.subnet_of(VETH_POOL):
+            refused.append(veth_subnet)
+        self._refused = _masks(refused)
+        self._allowed = _masks(allow)
+
+    def refuses(self, address: Address) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel
+        value = int(address)
+        if any(value & mask == network for network, mask in self._allowed[address.version]):
+            return False
+        return any(value & mask == network for network, mask in self._refused[address.version])
+
+
+def _masks(networks: Iterable[Network]) -> dict[int, list[tuple[int, int]]]:
+    masks: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+    for network in networks:
+        masks[network.version].append((int(network.network_address), int(network.netmask)))
+    return masks
+
+
+def ip_literal(host: str) -> Address | None:
+    """`host` as an address if it is an IP literal (inet_pton's strict forms: no leading
+    zeros, no zone id), else None. The common case, so cheaper than ipaddress' parser."""
+    try:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, host))
+    except OSError:
+        pass
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, host))
+        except OSError:
+            pass
+    return None
+
+
+class Dialer:
+    """Connects from inside the namespace, only through `device`."""
+
+    def __init__(self, device: str = DEVICE, timeout: float = DIAL_TIMEOUT) -> None:
+        self.device = device.encode()
+        self.timeout = timeout
+        self.routes = Routes(device)
+
+    async def dial(self, addresses: Sequence[Address], port: int) -> socket.socket:
+        """A connected non-blocking socket to the first address that answers; DialError with
+        the reply for the client otherwise (the first address's error when all fail)."""
+        routed = [address for address in addresses if self.routes.covers(address)]
+        if not routed:
+            why = self.routes.error or f"no route through {self.device.decode()}"
+            raise DialError(Reply.NETWORK_UNREACHABLE, f"{addresses[0]}: {why}")
+        first: DialError | None = None
+        deadline = None
+        for address in routed:
+            sock = self._socket(address)
+            try:
+                error = sock.connect_ex((str(address), port))
+                # Often the handshake is done by the time connect() returns (a peer close
+                # by): then there is nothing to wait for.
+                if error == errno.EINPROGRESS:
+                    if _connected(sock):
+                        error = 0
+                    else:
+                        if deadline is None:
+                            deadline = asyncio.get_running_loop().time() + self.timeout
+                        error = await self._wait(sock, deadline)
+                if error == 0:
+                    return sock
+                sock.close()
+                first = first or DialError(DIAL_ERRORS.get(error, Reply.GENERAL_FAILURE),
+                                           f"{address} port {port}: {os.strerror(error)}")
+            except TimeoutError:
+                sock.close()
+                raise DialError(Reply.TTL_EXPIRED,
+                                f"{address} port {port}: no answer within {self.timeout:g} s"
+                                ) from None
+            except BaseException:
+                sock.close()
+                raise
+        assert first is not None
+        raise first
+
+    def _socket(self, address: Address) -> socket.socket:
+        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as error:  # EMFILE and friends: the proxy's trouble, not the host's
+            raise DialError(Reply.GENERAL_FAILURE, f"socket: {error.strerror}") from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.device)
+            tune(sock)
+        except OSError as error:
+            sock.close()
+            raise DialError(DIAL_ERRORS.get(error.errno or 0, Reply.GENERAL_FAILURE),
+                            f"{self.device.decode()}: {error.strerror}") from None
+        return sock
+
+    @staticmethod
+    async def _wait(sock: socket.socket, deadline: float) -> int:
+        """Wait until the connect finishes; its errno (0: connected)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+        loop.add_writer(fd, _wake, done)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await done
+        finally:
+            loop.remove_writer(fd)
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+def _wake(done: asyncio.Future[None]) -> None:
+    # Writable may fire again before the waiter runs and unregisters.
+    if not done.done():
+        done.set_result(None)
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
+def tune(sock: socket.socket) -> None:
+    """TCP_NODELAY (a relay must not hold small writes back for 40/200 ms) and keepalive.
+    Accepted sockets inherit all of it from the listening socket."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPIDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPINTVL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPCNT)

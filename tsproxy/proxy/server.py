@@ -1,0 +1,330 @@
+"""The accept loop and one task per connection: access, handshake, name, egress, dial, relay.
+
+The server owns raw non-blocking sockets: the handshake uses loop.sock_recv and plain sends
+and the relay splices between the sockets themselves, which asyncio's transports would
+forbid. Accepting is a reader callback on the listening socket that takes a batch of
+connections per wakeup; when the process runs out of descriptors (EMFILE) it pauses
+accepting for a moment and keeps serving what it has.
+
+The path of a connection is kept short, because on a small machine the proxy's own CPU time
+per connection is what limits new connections per second: the event loop is looked up once
+(asyncio.get_running_loop() costs a getpid() each time), IP literals skip the resolver,
+replies are sent without a wait when the socket takes them (it always has room for a few
+bytes), and a dial that is complete when connect() returns is not waited for.
+
+Every connection ends in exactly one log line and one counter (stats.Record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+
+from tsproxy_generator.config import Address
+
+from ..names import NameNotFound, ResolveError, Resolver
+from ..proto import HttpConnectHandshake, ProtocolError, Reply, Socks5Handshake, sniff
+from ..proto.http_connect import response
+from . import limits
+from .access import ClientNetworks, Identities, Users
+from .egress import DialError, Policy, ip_literal
+from .pipes import PipePool
+from .relay import CLOSED, IDLE, IDLE_TIMEOUT, Tunnel
+from .stats import Log, Record, Stats
+
+HANDSHAKE_TIMEOUT = 10.0
+RECV_SIZE = 16 * 1024  # a handshake is far smaller; more would just be payload
+ACCEPT_BATCH = 64  # connections taken per wakeup, so one busy listener cannot starve relays
+ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE and friends
+OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+LOG_PAUSES_EVERY = 10.0  # seconds between "accepting paused" lines in a long shortage
+
+Handshake = Socks5Handshake | HttpConnectHandshake
+Dial = Callable[[Sequence[Address], int], Awaitable[socket.socket]]
+# (SOCKS reply, HTTP status when not the reply's own, counter, reason for the log)
+Refusal = tuple[Reply, HTTPStatus | None, str, str]
+
+
+class Server:
+    def __init__(self, listener: socket.socket, *, resolver: Resolver, dial: Dial,
+                 policy: Policy, networks: ClientNetworks, users: Users | None,
+                 identities: Identities | None, caps: limits.Limits, stats: Stats,
+                 pool: PipePool, log: Log, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.listener = listener
+        self.resolver, self.dial, self.policy = resolver, dial, policy
+        self.networks, self.users, self.identities = networks, users, identities
+        self.caps, self.stats, self.pool, self.log = caps, stats, pool, log
+        self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._paused_at = -LOG_PAUSES_EVERY
+        self._pauses = 0
+        self._dropped = 0  # over-cap connections closed without an answer, not yet logged
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "not serving"
+        return self._loop
+
+    async def serve(self) -> None:
+        """Accept and serve until cancelled; then every connection is closed."""
+        self._loop = loop = asyncio.get_running_loop()
+        self.listener.setblocking(False)
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            loop.add_reader(self.listener.fileno(), self._accept)
+            try:
+                await loop.create_future()  # forever: the work happens in callbacks and tasks
+            finally:
+                loop.remove_reader(self.listener.fileno())
+                self._group = None
+
+    # -- accepting ---------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        group = self._group
+        assert group is not None
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in OUT_OF_RESOURCES:
+                    self._pause(error)
+                    return
+                continue  # an error of that one connection (ECONNABORTED, EPROTO, ...)
+            group.create_task(self._connection(sock, peer))
+
+    def _pause(self, error: OSError) -> None:
+        loop = self.loop
+        loop.remove_reader(self.listener.fileno())
+        loop.call_later(ACCEPT_PAUSE, self._resume)
+        self._pauses += 1
+        if loop.time() - self._paused_at >= LOG_PAUSES_EVERY:
+            self.log(f"accepting paused {self._pauses} time(s) for {ACCEPT_PAUSE:g} s: "
+                     f"{error.strerror} ({self.stats.active} connections open)")
+            self._paused_at, self._pauses = loop.time(), 0
+
+    def _resume(self) -> None:
+        if self._group is not None:
+            self.loop.add_reader(self.listener.fileno(), self._accept)
+
+    # -- one connection ----------------------------------------------------------------------
+
+    async def _connection(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        loop = self.loop
+        host = client_host(peer[0])
+        record = Record(endpoint(host, peer[1]), loop.time())
+        over_cap = self.caps.admit(host)
+        if over_cap is not None and not self.caps.start_refusal():
+            self._drop(sock)
+            return
+        self.stats.opened()
+        try:
+            sock.setblocking(False)
+            await self._serve(sock, host, record, over_cap)
+        except asyncio.CancelledError:
+            record.end("shutdown", "proxy shutting down")
+            raise
+        except Exception as error:  # a bug costs this connection, never the proxy
+            record.end("error", f"internal error: {error!r}")
+            self.log("".join(traceback.format_exception(error)).rstrip())
+        finally:
+            sock.close()
+            if over_cap is None:
+                self.caps.release(host)
+            else:
+                self.caps.end_refusal()
+            self.stats.closed(record)
+            self.log(record.line(loop.time()))
+
+    def _drop(self, sock: socket.socket) -> None:
+        """A flood beyond the caps and the refusals in progress: close without a word."""
+        sock.close()
+        self.stats.total += 1
+        self.stats.ended["dropped"] = self.stats.ended.get("dropped", 0) + 1
+        self.stats.changes += 1
+        if not self._dropped:
+            self.loop.call_later(1.0, self._log_dropped)
+        self._dropped += 1
+
+    def _log_dropped(self) -> None:
+        self.log(f"closed {self._dropped} connection(s) without an answer: over the caps "
+                 f"with {limits.REFUSING_MAX} refusals already in progress")
+        self._dropped = 0
+
+    async def _serve(self, sock: socket.socket, host: str, record: Record,
+                     over_cap: str | None) -> None:
+        # Access is decided before the handshake, so a refused client is never asked for a
+        # password: a login answer would tell it whether the password was right.
+        denied = self._cap_refusal(over_cap) or self._network_refusal(host)
+        if denied is None and self.identities is not None:
+            identity = await self.identities.check(host)
+            record.identity = identity.name
+            if not identity.allowed:
+                denied = (Reply.NOT_ALLOWED, None, "identity", identity.reason)
+        # An empty users file still means "log in": then nobody can.
+        authenticate = (self.users.authenticate if self.users is not None and denied is None
+                        else None)
+        hs = await self._handshake(sock, record, authenticate)
+        if hs is None:
+            return
+        request = hs.request
+        assert request is not None
+        record.user = request.user
+        record.target = endpoint(request.host, request.port)
+        if denied is not None:
+            code, status, kind, reason = denied
+            await self._refuse(sock, hs, record, code, kind, reason, status)
+            return
+        literal = ip_literal(request.host)
+        addresses = [literal] if literal else await self._resolve(sock, hs, record, request.host)
+        if not addresses:
+            return
+        allowed = [a for a in addresses if not self.policy.refuses(a)]
+        if not allowed:
+            await self._refuse(sock, hs, record, Reply.NOT_ALLOWED, "egress",
+                               f"egress to {addresses[0]} is not allowed (see allow_egress)")
+            return
+        try:
+            upstream = await self.dial(allowed, request.port)
+        except DialError as error:
+            await self._refuse(sock, hs, record, error.reply, _dial_kind(error.reply),
+                               f"dial failed: {error.reason}")
+            return
+        try:
+            await self._relay(sock, upstream, hs, record)
+        finally:
+            upstream.close()
+
+    def _cap_refusal(self, over_cap: str | None) -> Refusal | None:
+        if over_cap is None:
+            return None
+        code = Reply.GENERAL_FAILURE if over_cap == limits.GLOBAL else Reply.NOT_ALLOWED
+        return (code, HTTPStatus.SERVICE_UNAVAILABLE, "caps", over_cap)
+
+    def _network_refusal(self, host: str) -> Refusal | None:
+        if self.networks.allows(host):
+            return None
+        return (Reply.NOT_ALLOWED, None, "client", "client address not in allow_clients")
+
+    async def _handshake(self, sock: socket.socket, record: Record,
+                         authenticate: Callable[[str, str], bool] | None) -> Handshake | None:
+        loop = self.loop
+        try:
+            async with asyncio.timeout(self.handshake_timeout):
+                data = await loop.sock_recv(sock, RECV_SIZE)
+                if not data:
+                    record.end("refused: bad handshake",
+                               "bad handshake: closed before sending anything")
+                    return None
+                protocol = sniff(data[0])
+                if protocol is None:
+                    record.end("refused: bad handshake", f"bad handshake: not SOCKS5 or HTTP "
+                                                         f"(first byte 0x{data[0]:02x})")
+                    return None
+                record.protocol = protocol
+                hs = (Socks5Handshake(authenticate) if protocol == "socks5"
+                      else HttpConnectHandshake(authenticate))
+                while True:
+                    if out := hs.receive_data(data):
+                        await self._send(sock, out)
+                    if hs.request is not None:
+                        return hs
+                    data = await loop.sock_recv(sock, RECV_SIZE)
+        except TimeoutError:
+            record.end("refused: handshake timeout", f"handshake timeout: not complete "
+                                                     f"within {self.handshake_timeout:g} s")
+        except ProtocolError as error:
+            _send_now(sock, error.reply)
+            login = error.reply.endswith(b"\x01\x01") if record.protocol == "socks5" else \
+                error.reply.startswith(b"HTTP/1.1 407")
+            kind = "login" if login else "bad handshake"
+            record.end(f"refused: {kind}", f"{kind}: {error.reason}")
+        except OSError as error:
+            record.end("refused: bad handshake",
+                       f"bad handshake: {error.strerror} mid-handshake")
+        return None
+
+    async def _resolve(self, sock: socket.socket, hs: Handshake, record: Record,
+                       host: str) -> list[Address]:
+        try:
+            # A.B.C.D.SUFFIX needs no daemon, and no await.
+            return self.resolver.resolve_now(host) or await self.resolver.resolve(host)
+        except NameNotFound as error:
+            await self._refuse(sock, hs, record, Reply.HOST_UNREACHABLE, "name", str(error))
+        except ResolveError as error:
+            await self._refuse(sock, hs, record, Reply.GENERAL_FAILURE, "name", str(error))
+        return []
+
+    async def _refuse(self, sock: socket.socket, hs: Handshake, record: Record, code: Reply,
+                      kind: str, reason: str, status: HTTPStatus | None = None) -> None:
+        """The final reply saying why not, then close (the caller does)."""
+        reply = response(status) if status and record.protocol == "http" else hs.reply(code)
+        with contextlib.suppress(OSError):  # the client is gone; the log still says why
+            await self._send(sock, reply)
+        answer = f"HTTP {reply[9:12].decode()}" if record.protocol == "http" else f"REP {code}"
+        record.end(f"refused: {kind}", f"refused ({answer}): {reason}")
+
+    async def _relay(self, sock: socket.socket, upstream: socket.socket, hs: Handshake,
+                     record: Record) -> None:
+        try:
+            bound = upstream.getsockname()
+            record.address = endpoint(*upstream.getpeername()[:2])
+            await self._send(sock, hs.reply(Reply.SUCCEEDED, bound[:2]))
+            if hs.leftover:  # pipelined by the client right behind its request
+                await self._send(upstream, hs.leftover)
+                record.up += len(hs.leftover)
+        except OSError as error:
+            record.end("relay error", f"{error.strerror} before relaying")
+            return
+        tunnel = Tunnel(self.loop, sock, upstream, self.pool, self.idle_timeout)
+        self.stats.tunnels += 1
+        try:
+            outcome = await tunnel.start()
+        finally:
+            tunnel.close("proxy shutting down")
+            self.stats.tunnels -= 1
+            record.up += tunnel.bytes_up
+            record.down += tunnel.bytes_down
+        record.end(outcome if outcome in (CLOSED, IDLE) else "relay error", outcome)
+
+    async def _send(self, sock: socket.socket, data: bytes) -> None:
+        # Handshake answers are a few bytes and fit at once; only the rest waits.
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            await self.loop.sock_sendall(sock, data[sent:])
+
+
+def endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def client_host(host: str) -> str:
+    """The client's address as one form per client: a v4 client on a dual-stack listener
+    shows up as ::ffff:A.B.C.D."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
+
+
+def _dial_kind(reply: Reply) -> str:
+    return {Reply.CONNECTION_REFUSED: "dial refused", Reply.TTL_EXPIRED: "dial timeout",
+            Reply.NETWORK_UNREACHABLE: "dial unreachable", Reply.HOST_UNREACHABLE:
+            "dial unreachable", Reply.NOT_ALLOWED: "dial forbidden"}.get(reply, "dial error")
+
+
+def _send_now(sock: socket.socket, data: bytes) -> None:
+    """A last answer before closing, if the socket takes it at once; a client that cannot
+    take a few bytes is not waited for."""
+    if data:
+        with contextlib.suppress(OSError):
+            sock.send(data)

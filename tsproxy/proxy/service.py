@@ -1,0 +1,128 @@
+"""One proxy process: builds the server from a conf and runs it until SIGTERM.
+
+SIGHUP re-reads the users file (a bad file keeps the old one and says why). The counters
+file is written every few seconds and once more on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import resource
+import signal
+import socket
+from dataclasses import dataclass
+
+from tsproxy_generator import paths
+from tsproxy_generator.config import TailnetConf
+
+from ..errors import TsproxyError
+from ..localapi import LocalAPI
+from ..names import Resolver
+from .access import ClientNetworks, Identities, Users
+from .egress import DEVICE, DIAL_TIMEOUT, Dialer, Policy, tune
+from .limits import Limits
+from .pipes import PipePool
+from .relay import IDLE_TIMEOUT
+from .server import HANDSHAKE_TIMEOUT, Server, endpoint
+from .stats import Stats, StatsFile, log_line
+
+FDS_PER_CONNECTION = 2  # client and upstream sockets; pipes are pooled and few
+
+
+@dataclass(frozen=True)
+class Options:
+    stats_path: str | None = None
+    device: str = DEVICE  # the tailnet's interface inside the namespace
+    names_socket: str | None = None  # default: the instance's tailscaled socket
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    dial_timeout: float = DIAL_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE up to the hard one (systemd leaves the soft one at 1024
+    for select()'s sake; epoll has no such limit). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return soft
+
+
+def build(conf: TailnetConf, listener: socket.socket, options: Options) -> Server:
+    users = Users.load(conf.users_file) if conf.users_file else None
+    identities = (Identities(conf.allow_identities, LocalAPI(conf.identity_socket))
+                  if conf.allow_identities else None)
+    names_socket = options.names_socket or paths.tailscaled_socket(conf.name)
+    listen = endpoint(*listener.getsockname()[:2])
+    tune(listener)  # accepted sockets inherit NODELAY and keepalive: no syscalls per accept
+    return Server(
+        listener,
+        resolver=Resolver(conf.suffix, LocalAPI(names_socket)),
+        dial=Dialer(options.device, options.dial_timeout).dial,
+        policy=Policy(conf.veth_subnet, conf.allow_egress),
+        networks=ClientNetworks(conf.allow_clients),
+        users=users,
+        identities=identities,
+        caps=Limits(conf.max_connections, conf.max_connections_per_client),
+        stats=Stats(conf.name, listen),
+        pool=PipePool(),
+        log=log_line,
+        handshake_timeout=options.handshake_timeout,
+        idle_timeout=options.idle_timeout,
+    )
+
+
+def run(conf: TailnetConf, listener: socket.socket, options: Options) -> int:
+    server = build(conf, listener, options)
+    limit = raise_fd_limit(conf.max_connections * FDS_PER_CONNECTION + 256)
+    notes = [f"egress via {options.device}", f"names .{conf.suffix}",
+             f"logins {len(server.users)}" if server.users is not None else "no login",
+             f"identities {','.join(conf.allow_identities)}" if server.identities else None,
+             f"pipes {server.pool.size // 1024} KiB", f"fd limit {limit}"]
+    log_line(f"{conf.name}: proxy listening on {server.stats.listen} "
+             f"({', '.join(n for n in notes if n)})")
+    if limit < conf.max_connections * FDS_PER_CONNECTION:
+        log_line(f"{conf.name}: warning: fd limit {limit} is below what max_connections = "
+                 f"{conf.max_connections} needs; past it, new connections wait or are "
+                 "refused")
+    try:
+        asyncio.run(_main(conf, server, options))
+    finally:
+        server.pool.clear()
+        log_line.flush()
+    return 0
+
+
+async def _main(conf: TailnetConf, server: Server, options: Options) -> None:
+    loop = asyncio.get_running_loop()
+    serving = asyncio.ensure_future(server.serve())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, serving.cancel)
+    loop.add_signal_handler(signal.SIGHUP, _reload_users, conf, server)
+    stats_file = StatsFile(server.stats, options.stats_path) if options.stats_path else None
+    writer = asyncio.ensure_future(stats_file.run()) if stats_file else None
+    try:
+        await serving
+    except asyncio.CancelledError:
+        log_line(f"{conf.name}: stopping")
+    finally:
+        if writer is not None:
+            writer.cancel()
+        if stats_file is not None:
+            with contextlib.suppress(OSError):
+                stats_file.write()
+
+
+def _reload_users(conf: TailnetConf, server: Server) -> None:
+    if not conf.users_file:
+        return
+    try:
+        server.users = Users.load(conf.users_file)
+    except TsproxyError as error:
+        log_line(f"{conf.name}: users file not reloaded, keeping the old one: {error}")
+        return
+    log_line(f"{conf.name}: users file reloaded: {len(server.users)} logins")

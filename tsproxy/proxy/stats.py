@@ -1,0 +1,164 @@
+"""What the proxy tells: one log line per connection, and counters in a small JSON file.
+
+Log lines go to stderr, which systemd connects to the journal; lines from one turn of the
+event loop leave in one write. The counters file is replaced atomically every few seconds
+(readers never see half of it), for `tsproxy status` and monitoring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from typing import Any
+
+WRITE_INTERVAL = 2.0
+STATS_DIR = "/run/tsproxy-socks"  # + /NAME/stats.json: the proxy unit's RuntimeDirectory=
+
+
+def stats_path(name: str) -> str:
+    return f"{STATS_DIR}/{name}/stats.json"
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """Client-supplied text as it may appear in a log line: plain when harmless, else
+    repr() (control characters, spaces and quotes escaped) and capped."""
+    if text and len(text) <= limit and text.isprintable() and " " not in text \
+            and "'" not in text and '"' not in text:
+        return text
+    return repr(text[:limit])
+
+
+class Record:
+    """One connection, from accept to close."""
+
+    __slots__ = ("address", "client", "down", "identity", "kind", "outcome", "protocol",
+                 "started", "target", "up", "user")
+
+    def __init__(self, client: str, started: float) -> None:
+        self.client = client  # "IP:PORT" ("[IPv6]:PORT")
+        self.started = started
+        self.protocol = "-"
+        self.user: str | None = None
+        self.identity: str | None = None
+        self.target: str | None = None  # as the client asked: host:port
+        self.address: str | None = None  # what was dialed
+        self.up = self.down = 0
+        self.kind = "error"  # the counter this connection ends up in
+        self.outcome = "error"  # free text for the log line
+
+    def end(self, kind: str, outcome: str) -> None:
+        self.kind, self.outcome = kind, outcome
+
+    def line(self, now: float) -> str:
+        words = [f"client={self.client}", self.protocol]
+        if self.user is not None:
+            words.append(f"user={shown(self.user)}")
+        if self.identity is not None:
+            words.append(f"identity={shown(self.identity)}")
+        if self.target is not None:
+            words.append(f"to={self.target}")
+        if self.address is not None:
+            words.append(f"addr={self.address}")
+        words += [f"up={self.up}", f"down={self.down}", f"time={now - self.started:.3f}s"]
+        return f"{' '.join(words)}: {self.outcome}"
+
+
+class Stats:
+    """Counters of one proxy process."""
+
+    def __init__(self, name: str, listen: str) -> None:
+        self.name, self.listen = name, listen
+        self.started = time.time()
+        self.active = 0  # connections open now, handshakes included
+        self.tunnels = 0  # of those, relaying
+        self.total = 0
+        self.bytes_up = self.bytes_down = 0
+        self.ended: dict[str, int] = {}  # by kind: closed, reset, refused: ..., failed: ...
+        self.changes = 0
+
+    def opened(self) -> None:
+        self.active += 1
+        self.total += 1
+        self.changes += 1
+
+    def closed(self, record: Record) -> None:
+        self.active -= 1
+        self.bytes_up += record.up
+        self.bytes_down += record.down
+        self.ended[record.kind] = self.ended.get(record.kind, 0) + 1
+        self.changes += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        refused = {k[len("refused: "):]: v for k, v in self.ended.items()
+                   if k.startswith("refused: ")}
+        return {
+            "name": self.name, "pid": os.getpid(), "listen": self.listen,
+            "started": round(self.started, 3), "updated": round(time.time(), 3),
+            "active": self.active, "tunnels": self.tunnels, "total": self.total,
+            "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+            "refused": dict(sorted(refused.items())),
+            "ended": dict(sorted(self.ended.items())),
+        }
+
+
+class StatsFile:
+    """Writes Stats to `path` every WRITE_INTERVAL seconds while they change."""
+
+    def __init__(self, stats: Stats, path: str) -> None:
+        self.stats, self.path = stats, path
+        self._written = -1
+
+    def write(self) -> None:
+        if self.stats.changes == self._written:
+            return
+        self._written = self.stats.changes
+        temporary = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                json.dump(self.stats.snapshot(), file, indent=1)
+                file.write("\n")
+            os.replace(temporary, self.path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise error
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.write()
+            except OSError as error:
+                # A full or read-only /run must not take the proxy down; say so and go on.
+                log_line(f"cannot write {self.path}: {error.strerror}")
+            await asyncio.sleep(WRITE_INTERVAL)
+
+
+class Log:
+    """Lines to stderr (the journal), batched per event-loop turn."""
+
+    def __init__(self, fd: int = 2) -> None:
+        self.fd = fd
+        self._lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        if not self._lines:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: write at once
+                self._lines.append(line)
+                self.flush()
+                return
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        data = ("\n".join(self._lines) + "\n").encode("utf-8", "replace")
+        self._lines.clear()
+        with contextlib.suppress(OSError):  # no stderr left: nothing to tell anyone
+            while data:
+                data = data[os.write(self.fd, data):]
+
+
+log_line = Log()
