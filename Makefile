@@ -33,6 +33,7 @@ demo: deps deb
 bench: deps deb
 	tools/bench-generator
 	tools/bench-start
+	tools/bench-proxy
 
 clean:
 	rm -rf build dist .pytest_cache
