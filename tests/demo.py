@@ -3,7 +3,7 @@
 tour of what runs where. Nothing outside the container is touched; it is deleted at the end.
 
 (Until the lab issue lands there is no control server, so the instance's tailscaled waits
-at NeedsLogin and the proxy is the placeholder: the demo says so.)
+at NeedsLogin and the proxy has no tailnet to reach: it answers, and refuses, as it should.)
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ TOUR = [
     ("egress through NAT, as the fake internet sees it",
      f"ip netns exec ts-fgpu curl -sS -m 5 http://{gateway.INTERNET}:8080/; echo"),
     ("the proxy socket, listening in the host namespace", "ss -ltnp | grep 11080"),
+    ("the proxy answers (and refuses: 127.0.0.1.fgpu would be the gateway's own loopback)",
+     f"curl -sS -m 5 -x socks5h://{gateway.HOST_TS_IP}:11080 http://127.0.0.1.fgpu/; "
+     "sleep 0.5; journalctl -u tsproxy-socks@fgpu --no-pager -o cat | tail -3; "
+     "cat /run/tsproxy-socks/fgpu/stats.json; echo"),
     ("stop: everything start made is gone",
      "systemctl stop tsproxy@fgpu; ip netns list; nft list tables; ip -br link"),
 ]
