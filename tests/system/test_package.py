@@ -88,13 +88,18 @@ def assert_proxy_inside_the_namespace(container: Container, name: str, port: int
     assert rebind.returncode == 97 and "(2)" in rebind.stderr, rebind.stderr
     # Reachable through the namespace's NAT, but not through its tailscale0: unreachable.
     egress = container.run(f"curl -sS -m 10 -x {proxy} http://{INTERNET}:8080/", check=False)
-    assert egress.returncode == 97 and UPLINK not in egress.stdout, egress.stderr
+    assert egress.returncode == 97 and "(3)" in egress.stderr, egress.stderr  # REP 3
     pid = container.run(f"systemctl show -P MainPID tsproxy-socks@{name}.service").stdout.strip()
     assert container.run(f"ip netns identify {pid}").stdout.strip() == f"ts-{name}"
     # One journal line per connection, with the destination and the outcome.
     wait_for(lambda: "127.0.0.1." in container.run(
         f"journalctl -b -u tsproxy-socks@{name} --no-pager -o cat").stdout,
         what="the proxy's connection log line")
+    # Counters for the status command, kept apart from tailscaled's runtime directory.
+    stats = wait_for(lambda: json.loads(container.run(
+        f"cat /run/tsproxy-socks/{name}/stats.json", check=False).stdout or "{}").get("total"),
+        what="the proxy's counters")
+    assert stats >= 2
 
 
 def assert_instance_gone(container: Container, name: str) -> None:
