@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from proxyhost import (
     TARGET4,
     TARGET6,
     ProxyWorld,
-    proxy_world,
 )
 
 pytestmark = pytest.mark.netns
@@ -32,12 +30,10 @@ PATTERN = bytes(range(256)) * 256
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyWorld]:
-    if os.geteuid() != 0:
-        pytest.skip("the netns tier needs root")
-    with proxy_world(tmp_path_factory.mktemp("proxy")) as built:
-        built.start_proxy()
-        yield built
+def world(world: ProxyWorld) -> ProxyWorld:
+    """The shared world, with the proxy already running for every test here."""
+    world.start_proxy()
+    return world
 
 
 def pattern_sha256(size: int) -> str:

@@ -4,10 +4,8 @@ leave good clients served."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from proxyhost import (
@@ -22,18 +20,9 @@ from proxyhost import (
     PROXY_PORT,
     TARGET4,
     ProxyWorld,
-    proxy_world,
 )
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyWorld]:
-    if os.geteuid() != 0:
-        pytest.skip("the netns tier needs root")
-    with proxy_world(tmp_path_factory.mktemp("proxy")) as built:
-        yield built
 
 
 def good(world: ProxyWorld, source: str = ALICE) -> bool:

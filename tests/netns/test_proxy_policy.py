@@ -3,8 +3,6 @@ client networks, the users file and Tailscale identities (through a fake LocalAP
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,18 +23,9 @@ from proxyhost import (
     UNREACHABLE_PORT,
     VETH_HOST,
     ProxyWorld,
-    proxy_world,
 )
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyWorld]:
-    if os.geteuid() != 0:
-        pytest.skip("the netns tier needs root")
-    with proxy_world(tmp_path_factory.mktemp("proxy")) as built:
-        yield built
 
 
 @pytest.fixture

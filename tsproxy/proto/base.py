@@ -48,6 +48,31 @@ class ConnectRequest:
     user: str | None  # the authenticated user, if authentication is on
 
 
+class Handshake:
+    """What the SOCKS5 and HTTP CONNECT handshakes hold alike; each adds its own states."""
+
+    def __init__(self, authenticate: Authenticate | None) -> None:
+        self._authenticate = authenticate
+        self._buffer = bytearray()
+        self._request: ConnectRequest | None = None
+        self._leftover = b""
+
+    @property
+    def request(self) -> ConnectRequest | None:
+        """The CONNECT request, once complete (and the login, if one is required, passed)."""
+        return self._request
+
+    @property
+    def leftover(self) -> bytes:
+        """Bytes the client sent after the request: payload to forward once dialed."""
+        return self._leftover
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held while waiting for the rest of a message (capped by each protocol)."""
+        return len(self._buffer)
+
+
 def ip_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address if `text` is a plain IP literal; zone ids ("fe80::1%eth0") are not."""
     if "%" in text:

@@ -32,7 +32,16 @@ import enum
 import re
 from http import HTTPStatus
 
-from .base import Authenticate, ConnectRequest, ProtocolError, Reply, ip_literal, is_host, shown
+from .base import (
+    Authenticate,
+    ConnectRequest,
+    Handshake,
+    ProtocolError,
+    Reply,
+    ip_literal,
+    is_host,
+    shown,
+)
 
 MAX_HEAD = 64 * 1024
 REALM = "tsproxy"
@@ -80,34 +89,16 @@ class _State(enum.Enum):
     FAILED = enum.auto()
 
 
-class HttpConnectHandshake:
+class HttpConnectHandshake(Handshake):
     """One client's HTTP CONNECT request, up to the end of its head."""
 
     def __init__(self, authenticate: Authenticate | None = None) -> None:
-        self._authenticate = authenticate
+        super().__init__(authenticate)
         self._state = _State.REQUEST_LINE
-        self._buffer = bytearray()
         self._line_start = 0  # where the next unread line starts in _buffer
         self._scanned = 0  # no LF before this offset: byte-by-byte feeding stays linear
         self._target: tuple[str, int] = ("", 0)
         self._credentials: list[str] = []
-        self._request: ConnectRequest | None = None
-        self._leftover = b""
-
-    @property
-    def request(self) -> ConnectRequest | None:
-        """The CONNECT request, once its head is complete (and authenticated, if required)."""
-        return self._request
-
-    @property
-    def leftover(self) -> bytes:
-        """Bytes the client sent after the head: payload to forward once dialed."""
-        return self._leftover
-
-    @property
-    def buffered(self) -> int:
-        """Bytes of the head held so far (at most MAX_HEAD)."""
-        return len(self._buffer)
 
     def receive_data(self, data: bytes) -> bytes:
         """Feed bytes from the client (b"" = EOF). Nothing is ever sent before the final

@@ -30,7 +30,7 @@ import enum
 import ipaddress
 from enum import IntEnum
 
-from .base import Authenticate, ConnectRequest, ProtocolError, Reply, is_host, shown
+from .base import Authenticate, ConnectRequest, Handshake, ProtocolError, Reply, is_host, shown
 
 VERSION = 5
 AUTH_VERSION = 1  # RFC 1929 sub-negotiation version
@@ -76,31 +76,13 @@ def _name(enum_type: type[IntEnum], value: int) -> str:
         return str(value)
 
 
-class Socks5Handshake:
+class Socks5Handshake(Handshake):
     """One client's SOCKS5 handshake, up to the CONNECT request."""
 
     def __init__(self, authenticate: Authenticate | None = None) -> None:
-        self._authenticate = authenticate
+        super().__init__(authenticate)
         self._state = _State.GREETING
-        self._buffer = bytearray()
         self._user: str | None = None
-        self._request: ConnectRequest | None = None
-        self._leftover = b""
-
-    @property
-    def request(self) -> ConnectRequest | None:
-        """The CONNECT request, once it is complete (and the login, if any, succeeded)."""
-        return self._request
-
-    @property
-    def leftover(self) -> bytes:
-        """Bytes the client sent after the request: payload to forward once dialed."""
-        return self._leftover
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held while waiting for the rest of a message (at most MAX_BUFFER)."""
-        return len(self._buffer)
 
     def receive_data(self, data: bytes) -> bytes:
         """Feed bytes from the client (b"" = EOF); returns the bytes to send now."""
