@@ -15,11 +15,6 @@ import time
 from typing import Any
 
 WRITE_INTERVAL = 2.0
-STATS_DIR = "/run/tsproxy-socks"  # + /NAME/stats.json: the proxy unit's RuntimeDirectory=
-
-
-def stats_path(name: str) -> str:
-    return f"{STATS_DIR}/{name}/stats.json"
 
 
 def shown(text: str, limit: int = 80) -> str:
