@@ -26,6 +26,7 @@ NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,11}")
 LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 # Derived veth /30s come from here; an explicit veth_subnet may be anywhere.
 VETH_POOL = ipaddress.IPv4Network("10.200.0.0/16")
+DNS_PORT = 53
 # tsproxy sets these itself, per instance.
 RESERVED_TAILSCALED_ARGS = ("--statedir", "--state", "--socket", "--tun", "--socks5-server",
                             "--outbound-http-proxy-listen")
@@ -47,6 +48,8 @@ identity_socket = abspath(default=/run/tailscale/tailscaled.sock)
 allow_egress = cidr_list(default=list())
 max_connections = integer(min=1, max=1000000, default=20000)
 max_connections_per_client = integer(min=1, max=1000000, default=2000)
+dns_listen = dns_listen(default=None)
+dns_domains = domain_list(default=list())
 """.splitlines()
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -95,6 +98,9 @@ class TailnetConf:
     allow_egress: tuple[Network, ...]
     max_connections: int
     max_connections_per_client: int
+    # None: this tailnet's names are not served by the DNS responder.
+    dns_listen: Listen | None
+    dns_domains: tuple[str, ...]
 
     @property
     def netns(self) -> str:
@@ -138,12 +144,26 @@ def check_listen(text: str) -> Listen:
     return Listen(address, int(port))
 
 
-@one_value
-def check_suffix(text: str) -> str:
-    suffix = text.lower().strip(".")
-    if len(suffix) > 200 or not all(LABEL_RE.fullmatch(label) for label in suffix.split(".")):
+def domain(text: str) -> str:
+    name = text.lower().strip(".")
+    if len(name) > 200 or not all(LABEL_RE.fullmatch(label) for label in name.split(".")):
         raise ValidateError(f'"{text}" is not a DNS suffix (labels of a-z, 0-9 and -)')
-    return suffix
+    return name
+
+
+check_suffix = one_value(domain)
+
+
+def check_domain_list(value: str | list[str]) -> tuple[str, ...]:
+    return tuple(domain(item) for item in _items(value))
+
+
+@one_value
+def check_dns_listen(text: str) -> Listen | bool:
+    """IP:PORT, or "no": not served. (None, the default, becomes the proxy's IP, port 53.)"""
+    if text.lower() in ("no", "off", "false", "0"):
+        return False
+    return check_listen(text)
 
 
 @one_value
@@ -222,7 +242,8 @@ VALIDATOR_CHECKS = {
     "listen": check_listen, "suffix": check_suffix, "label": check_label,
     "abspath": check_abspath, "url": check_url, "subnet30": check_subnet30,
     "cidr_list": check_cidr_list, "tailscaled_args": check_tailscaled_args,
-    "identities": check_identities,
+    "identities": check_identities, "dns_listen": check_dns_listen,
+    "domain_list": check_domain_list,
 }
 
 
@@ -286,7 +307,8 @@ def load(path: str, root: str = "/") -> TailnetConf:
         kind = "section" if isinstance(conf.get(key), dict) else "key"
         raise ConfigError(path, ".".join([*sections, key]), f"unknown {kind} (see tsproxy.d(5))")
     for _sections, key, error in flatten_errors(conf, results):
-        raise ConfigError(path, key, _validate_message(error, conf.get(key)))
+        raise ConfigError(path, key, _validate_message(error, conf.get(key),
+                                                       conf.configspec.get(key, "")))
     _check_file(path, "authkey_file", conf["authkey_file"], root, private=False)
     _check_file(path, "users_file", conf["users_file"], root, private=True)
     return TailnetConf(
@@ -308,7 +330,15 @@ def load(path: str, root: str = "/") -> TailnetConf:
         allow_egress=conf["allow_egress"],
         max_connections=conf["max_connections"],
         max_connections_per_client=conf["max_connections_per_client"],
+        dns_listen=_dns_listen(conf["dns_listen"], conf["listen"]),
+        dns_domains=conf["dns_domains"],
     )
+
+
+def _dns_listen(value: Listen | bool | None, listen: Listen) -> Listen | None:
+    if value is None:
+        return Listen(listen.address, DNS_PORT)
+    return value or None
 
 
 def _check_file(path: str, key: str, name: str | None, root: str, private: bool) -> None:
@@ -324,11 +354,12 @@ def _check_file(path: str, key: str, name: str | None, root: str, private: bool)
                                      f"(mode {mode & 0o777:o}): chmod 600 it")
 
 
-def _validate_message(error: object, value: object) -> str:
+def _validate_message(error: object, value: object, spec: str) -> str:
     if error is False:
         return "is missing (it has no default)"
-    if isinstance(error, VdtTypeError):  # only the built-in boolean check raises this
-        return f'"{value}" is not a boolean (yes or no)'
+    if isinstance(error, VdtTypeError):  # the built-in boolean and integer checks raise this
+        kind = "an integer" if spec.startswith("integer") else "a boolean (yes or no)"
+        return f'"{value}" is not {kind}'
     return str(error)
 
 
@@ -343,7 +374,7 @@ def conf_paths(conf_dir: str = CONF_DIR) -> list[str]:
 def load_all(paths: Iterable[str], root: str = "/") -> tuple[list[TailnetConf], list[ConfigError]]:
     """Every good conf, and one error per bad one.
 
-    Confs are taken in file-name order; when two clash (listen port, suffix, veth subnet),
+    Confs are taken in file-name order; when two clash (listen port, DNS names, veth subnet),
     the first keeps it and the later one is the bad conf, so adding a file never breaks a
     tailnet that already runs.
     """
@@ -366,30 +397,68 @@ class _Claims:
     Every veth subnet is a /30, so two overlap exactly when they are equal."""
 
     def __init__(self) -> None:
-        self.ports: dict[int, list[TailnetConf]] = {}
-        self.suffixes: dict[str, TailnetConf] = {}
+        self.proxy_ports: dict[int, list[tuple[Listen, TailnetConf]]] = {}
+        self.dns_ports: dict[int, list[tuple[Listen, TailnetConf]]] = {}
+        # DNS names a tailnet answers for (its suffix, its dns_domains), and every parent
+        # of those: a name inside another tailnet's name would make "which tailnet?" a guess.
+        self.names: dict[str, TailnetConf] = {}
+        self.parents: dict[str, tuple[str, TailnetConf]] = {}
         self.subnets: dict[ipaddress.IPv4Network, TailnetConf] = {}
 
     def take(self, conf: TailnetConf) -> None:
-        if other := self._listen_owner(conf.listen):
+        if other := (_clash(conf.listen, self.proxy_ports)
+                     or _clash(conf.listen, self.dns_ports)):
             raise ConfigError(conf.path, "listen", f'"{conf.listen}" {_used_by(other)}')
-        if other := self.suffixes.get(conf.suffix):
-            raise ConfigError(conf.path, "suffix", f'"{conf.suffix}" {_used_by(other)}')
+        if conf.dns_listen and (other := (_clash(conf.dns_listen, self.proxy_ports) or
+                                          _clash(conf.dns_listen, self.dns_ports, share=True))):
+            raise ConfigError(conf.path, "dns_listen", f'"{conf.dns_listen}" {_used_by(other)}')
+        for key, name in [("suffix", conf.suffix), *(("dns_domains", d) for d in conf.dns_domains)]:
+            if owner := self._name_owner(name):
+                theirs, other = owner
+                raise ConfigError(conf.path, key, f'"{name}" {_used_by(other)}' if theirs == name
+                                  else f'"{name}" overlaps "{theirs}" of {_basename(other)}')
         if other := self.subnets.get(conf.veth_subnet):
             raise ConfigError(conf.path, "veth_subnet", f'"{conf.veth_subnet}" {_used_by(other)}; '
                                                         "set veth_subnet to a free /30")
-        self.ports.setdefault(conf.listen.port, []).append(conf)
-        self.suffixes[conf.suffix] = conf
+        self.proxy_ports.setdefault(conf.listen.port, []).append((conf.listen, conf))
+        if conf.dns_listen:
+            self.dns_ports.setdefault(conf.dns_listen.port, []).append((conf.dns_listen, conf))
+        for name in (conf.suffix, *conf.dns_domains):
+            self.names[name] = conf
+            for parent in _parents(name):
+                self.parents[parent] = (name, conf)
         self.subnets[conf.veth_subnet] = conf
 
-    def _listen_owner(self, listen: Listen) -> TailnetConf | None:
-        for other in self.ports.get(listen.port, ()):
-            # An unspecified address (0.0.0.0, ::) takes the port on every address.
-            mine, theirs = listen.address, other.listen.address
-            if mine == theirs or mine.is_unspecified or theirs.is_unspecified:
-                return other
-        return None
+    def _name_owner(self, name: str) -> tuple[str, TailnetConf] | None:
+        """The claimed name that is ``name``, a parent or a child of it, and its conf."""
+        for claimed in (name, *_parents(name)):
+            if claimed in self.names:
+                return claimed, self.names[claimed]
+        return self.parents.get(name)
+
+
+def _parents(name: str) -> list[str]:
+    labels = name.split(".")
+    return [".".join(labels[i:]) for i in range(1, len(labels))]
+
+
+def _clash(listen: Listen, owners: dict[int, list[tuple[Listen, TailnetConf]]],
+           share: bool = False) -> TailnetConf | None:
+    """The conf already listening where ``listen`` would; ``share``: the very same address
+    is no clash (every tailnet's DNS names are served by one socket)."""
+    for theirs, other in owners.get(listen.port, ()):
+        if share and theirs == listen:
+            continue
+        # An unspecified address (0.0.0.0, ::) takes the port on every address.
+        if theirs.address == listen.address or listen.address.is_unspecified \
+                or theirs.address.is_unspecified:
+            return other
+    return None
+
+
+def _basename(conf: TailnetConf) -> str:
+    return os.path.basename(conf.path)
 
 
 def _used_by(conf: TailnetConf) -> str:
-    return f"is already used by {os.path.basename(conf.path)}"
+    return f"is already used by {_basename(conf)}"

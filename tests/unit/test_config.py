@@ -36,8 +36,10 @@ def test_only_listen_derives_everything_else(tmp_path: Path) -> None:
         allow_clients=tuple(map(ipaddress.ip_network, ["100.64.0.0/10", "fd7a:115c:a1e0::/48",
                                                        "127.0.0.0/8", "::1/128"])),
         users_file=None, allow_identities=(), identity_socket="/run/tailscale/tailscaled.sock",
-        allow_egress=(), max_connections=20000, max_connections_per_client=2000)
+        allow_egress=(), max_connections=20000, max_connections_per_client=2000,
+        dns_listen=conf.dns_listen, dns_domains=())
     assert str(conf.listen) == "100.121.76.21:11080"
+    assert str(conf.dns_listen) == "100.121.76.21:53"
     assert conf.netns == "ts-fgpu"
     assert conf.veth_subnet.subnet_of(ipaddress.IPv4Network("10.200.0.0/16"))
     assert (conf.veth_host.ip, conf.veth_ns.ip) == (conf.veth_subnet[1], conf.veth_subnet[2])
@@ -66,6 +68,8 @@ identity_socket = /run/tailscale-home/tailscaled.sock
 allow_egress = 192.168.7.0/24
 max_connections = 100
 max_connections_per_client = 10
+dns_listen = [fd7a:115c:a1e0::1]:5353
+dns_domains = Corp.Example., internal
 """))
     assert str(conf.listen) == "[fd7a:115c:a1e0::1]:1080"
     assert conf.suffix == "farmgpu.example"
@@ -81,6 +85,12 @@ max_connections_per_client = 10
     assert conf.identity_socket == "/run/tailscale-home/tailscaled.sock"
     assert [str(n) for n in conf.allow_egress] == ["192.168.7.0/24"]
     assert (conf.max_connections, conf.max_connections_per_client) == (100, 10)
+    assert str(conf.dns_listen) == "[fd7a:115c:a1e0::1]:5353"
+    assert conf.dns_domains == ("corp.example", "internal")
+
+
+def test_dns_can_be_turned_off(tmp_path: Path) -> None:
+    assert load(write(tmp_path, "fgpu.conf", LISTEN + "dns_listen = no\n")).dns_listen is None
 
 
 @pytest.mark.parametrize("text, message", [
@@ -116,8 +126,11 @@ max_connections_per_client = 10
     (LISTEN + "identity_socket = run/ts.sock\n", 'fgpu.conf: identity_socket: "run/ts.sock" is not an absolute path'),
     (LISTEN + "allow_egress = 10.0.0.1/8\n", 'fgpu.conf: allow_egress: "10.0.0.1/8" is not a network in CIDR form (host bits must be zero)'),
     (LISTEN + "max_connections = 0\n", 'fgpu.conf: max_connections: the value "0" is too small.'),
-    (LISTEN + "max_connections = lots\n", 'fgpu.conf: max_connections: "lots" is not a boolean (yes or no)'),
-    (LISTEN + "max_connections_per_client = 1e9\n", 'fgpu.conf: max_connections_per_client: "1e9" is not a boolean (yes or no)'),
+    (LISTEN + "max_connections = lots\n", 'fgpu.conf: max_connections: "lots" is not an integer'),
+    (LISTEN + "max_connections_per_client = 1e9\n", 'fgpu.conf: max_connections_per_client: "1e9" is not an integer'),
+    (LISTEN + "dns_listen = 53\n", 'fgpu.conf: dns_listen: "53" is not IP:PORT (IPv6 as [ADDR]:PORT)'),
+    (LISTEN + "dns_listen = 1.2.3.4:53, 1.2.3.5:53\n", "fgpu.conf: dns_listen: takes one value, not a comma-separated list"),
+    (LISTEN + "dns_domains = corp.example, a b\n", 'fgpu.conf: dns_domains: "a b" is not a DNS suffix (labels of a-z, 0-9 and -)'),
     (LISTEN + "users_file = /nonexistent/users\n", 'fgpu.conf: users_file: "/nonexistent/users" does not exist'),
     (LISTEN + "port = 11080\n", "fgpu.conf: port: unknown key (see tsproxy.d(5))"),
     (LISTEN + "[fgpu]\nsuffix = fgpu\n", "fgpu.conf: fgpu: unknown section (see tsproxy.d(5))"),
@@ -172,14 +185,27 @@ def test_clashes_keep_the_earlier_file(tmp_path: Path) -> None:
     write(tmp_path, "d.conf", "listen = 0.0.0.0:11080\n")
     write(tmp_path, "e.conf", f"listen = 100.121.76.21:11082\nveth_subnet = {derived_subnet('a')}\n")
     write(tmp_path, "f.conf", "listen = 100.121.76.22:11080\n")
+    write(tmp_path, "g.conf", "listen = 100.121.76.21:11083\ndns_domains = corp.example\n")
+    write(tmp_path, "h.conf", "listen = 100.121.76.21:11084\nsuffix = x.corp.example\n")
+    write(tmp_path, "i.conf", "listen = 100.121.76.21:11085\ndns_domains = net, example\n")
+    write(tmp_path, "j.conf", "listen = 100.121.76.21:11086\ndns_listen = 100.121.76.21:11080\n")
+    write(tmp_path, "k.conf", "listen = 100.121.76.21:11087\ndns_listen = 0.0.0.0:53\n")
+    write(tmp_path, "l.conf", "listen = 100.121.76.21:53\n")
     good, errors = load_all(sorted(str(p) for p in tmp_path.glob("*.conf")))
-    assert [c.name for c in good] == ["a", "f"]
+    assert [c.name for c in good] == ["a", "f", "g"]
+    # Every DNS listen on 100.121.76.21:53 is one shared socket, no clash.
+    assert {str(c.dns_listen) for c in good} == {"100.121.76.21:53", "100.121.76.22:53"}
     assert [str(e).replace(f"{tmp_path}/", "") for e in errors] == [
         'b.conf: suffix: "a" is already used by a.conf',
         'c.conf: listen: "100.121.76.21:11080" is already used by a.conf',
         'd.conf: listen: "0.0.0.0:11080" is already used by a.conf',
         f'e.conf: veth_subnet: "{derived_subnet("a")}" is already used by a.conf; '
         "set veth_subnet to a free /30",
+        'h.conf: suffix: "x.corp.example" overlaps "corp.example" of g.conf',
+        'i.conf: dns_domains: "example" overlaps "corp.example" of g.conf',
+        'j.conf: dns_listen: "100.121.76.21:11080" is already used by a.conf',
+        'k.conf: dns_listen: "0.0.0.0:53" is already used by a.conf',
+        'l.conf: listen: "100.121.76.21:53" is already used by a.conf',
     ]
 
 
