@@ -11,7 +11,13 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from tsproxy.proto import ConnectRequest, HttpConnectHandshake, ProtocolError, Socks5Handshake
+from tsproxy.proto import (
+    ConnectRequest,
+    HttpConnectHandshake,
+    PacRequest,
+    ProtocolError,
+    Socks5Handshake,
+)
 from tsproxy.proto.http_connect import MAX_HEAD
 from tsproxy.proto.socks5 import MAX_BUFFER
 
@@ -28,10 +34,11 @@ class Outcome:
     request: ConnectRequest | None = None
     leftover: bytes = b""
     error: str | None = None  # ProtocolError.reason
+    pac: PacRequest | None = None  # HTTP only: GET /proxy.pac
 
     @property
     def pending(self) -> bool:
-        return self.request is None and self.error is None
+        return self.request is None and self.error is None and self.pac is None
 
 
 def cap(hs: Handshake) -> int:
@@ -50,7 +57,8 @@ def run(make: Make, chunks: Iterable[bytes], eof: bool = False) -> Outcome:
         assert hs.buffered == 0
         assert hs.request is None
         return Outcome(bytes(sent) + error.reply, error=error.reason)
-    return Outcome(bytes(sent), hs.request, hs.leftover)
+    pac = hs.pac if isinstance(hs, HttpConnectHandshake) else None
+    return Outcome(bytes(sent), hs.request, hs.leftover, pac=pac)
 
 
 def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
@@ -66,7 +74,7 @@ def tr(make: Make, data: bytes, expected: Outcome) -> None:
     if expected.pending:
         return
     trailing = expected
-    if expected.request is not None:
+    if expected.request is not None or expected.pac is not None:
         trailing = replace(expected, leftover=expected.leftover + TRAILING)
     assert run(make, [data + TRAILING]) == trailing
     assert run(make, [data, TRAILING]) == trailing

@@ -24,7 +24,7 @@ from tsproxy.proxy.access import ClientNetworks, Users
 from tsproxy.proxy.egress import DialError, Policy
 from tsproxy.proxy.limits import Limits
 from tsproxy.proxy.pipes import PipePool
-from tsproxy.proxy.server import Server
+from tsproxy.proxy.server import PacSource, Server
 from tsproxy.proxy.stats import Log, Stats, StatsFile
 from tsproxy_generator.config import Address, Network
 
@@ -76,7 +76,8 @@ class OutOfFiles(socket.socket):
 @asynccontextmanager
 async def world(*, users: Users | None = None, clients: Sequence[Network] = LOOPBACK,
                 caps: tuple[int, int] = (100, 100), fail: Reply | None = None,
-                handshake_timeout: float = 5, emfile: bool = False) -> AsyncIterator[World]:
+                handshake_timeout: float = 5, emfile: bool = False,
+                pac: PacSource | None = None) -> AsyncIterator[World]:
     echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
     echo_port = echo_server.sockets[0].getsockname()[1]
     listener = socket.create_server(("127.0.0.1", 0))
@@ -98,7 +99,7 @@ async def world(*, users: Users | None = None, clients: Sequence[Network] = LOOP
                     dial=dial, policy=Policy(None, LOOPBACK), networks=ClientNetworks(clients),
                     users=users, identities=None, caps=Limits(*caps),
                     stats=Stats("fgpu", "127.0.0.1:0"), pool=PipePool(), log=log,
-                    handshake_timeout=handshake_timeout)
+                    handshake_timeout=handshake_timeout, pac=pac)
     serving = asyncio.ensure_future(server.serve())
     try:
         yield World(server, listener.getsockname(), echo_port, log, dialed)

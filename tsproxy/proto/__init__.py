@@ -6,6 +6,7 @@ fuzzed. Both handshakes have the h11 shape::
     hs = Socks5Handshake(authenticate)         # or HttpConnectHandshake(authenticate)
     send(hs.receive_data(data))                # b"" means EOF; may raise ProtocolError
     if hs.request: dial, send(hs.reply(Reply.SUCCEEDED, bound)), forward hs.leftover
+    if hs.pac: (HTTP only) send(pac_reply(hs.pac, text)) and close
 
 ProtocolError.reply holds the exact bytes to send before closing (b"" means just close).
 """
@@ -13,17 +14,19 @@ ProtocolError.reply holds the exact bytes to send before closing (b"" means just
 from __future__ import annotations
 
 from .base import Authenticate, ConnectRequest, ProtocolError, Reply, is_host
-from .http_connect import HttpConnectHandshake
+from .http_connect import HttpConnectHandshake, PacRequest, pac_reply
 from .socks5 import Socks5Handshake
 
 __all__ = [
     "Authenticate",
     "ConnectRequest",
     "HttpConnectHandshake",
+    "PacRequest",
     "ProtocolError",
     "Reply",
     "Socks5Handshake",
     "is_host",
+    "pac_reply",
     "sniff",
 ]
 

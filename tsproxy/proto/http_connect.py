@@ -10,6 +10,10 @@ Decisions (each has a test):
 - Request line: exactly `METHOD SP target SP HTTP/d.d`, else 400. HTTP/2.0 and friends: 505.
   A method other than CONNECT: 405 with `Allow: CONNECT` (absolute-form GET forwarding is not
   offered). Methods are case-sensitive.
+- One origin-form resource: `GET /proxy.pac` (or HEAD, a query string allowed) is a PAC
+  request (.pac, instead of .request): no target, and no credentials asked for, because
+  browsers fetch their PAC file without proxy credentials. Another method on it: 405 with
+  `Allow: GET, HEAD`; any other origin-form path: 404.
 - Target: authority-form only. `host:port` or `[IPv6]:port`; the port is 1..5 ASCII digits
   with a value of 1..65535 (port 0 is 400: in HTTP it is a malformed authority, not a policy
   refusal). The host must pass base.is_host; zone ids, userinfo, unbracketed IPv6: 400.
@@ -30,6 +34,7 @@ import base64
 import binascii
 import enum
 import re
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from .base import (
@@ -46,6 +51,8 @@ from .base import (
 MAX_HEAD = 64 * 1024
 REALM = "tsproxy"
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+PAC_PATH = "/proxy.pac"
+PAC_TYPE = "application/x-ns-proxy-autoconfig"
 
 # RFC 9110 5.6.2 token characters (methods and field names).
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -71,6 +78,22 @@ def response(status: HTTPStatus, *headers: str) -> bytes:
     lines = [f"HTTP/1.1 {status.value} {status.phrase}", *headers,
              "Content-Length: 0", "Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1")
+
+
+@dataclass(frozen=True)
+class PacRequest:
+    """`GET /proxy.pac` (or HEAD): the server answers with pac_reply() and closes."""
+    method: str  # "GET" or "HEAD"
+
+
+def pac_reply(request: PacRequest, text: str) -> bytes:
+    """The PAC file as a complete response; HEAD gets the head alone. no-cache: browsers
+    fetch it again when they look, so a conf change reaches them without a stale copy."""
+    body = text.encode("utf-8")
+    head = "\r\n".join(["HTTP/1.1 200 OK", f"Content-Type: {PAC_TYPE}",
+                         f"Content-Length: {len(body)}", "Cache-Control: no-cache",
+                         "Connection: close", "", ""]).encode("latin-1")
+    return head if request.method == "HEAD" else head + body
 
 
 def _bad(reason: str) -> ProtocolError:
@@ -99,6 +122,13 @@ class HttpConnectHandshake(Handshake):
         self._scanned = 0  # no LF before this offset: byte-by-byte feeding stays linear
         self._target: tuple[str, int] = ("", 0)
         self._credentials: list[str] = []
+        self._pac: PacRequest | None = None
+        self._pac_method: str | None = None  # set by the request line, reported at its end
+
+    @property
+    def pac(self) -> PacRequest | None:
+        """A complete PAC request (then .request stays None)."""
+        return self._pac
 
     def receive_data(self, data: bytes) -> bytes:
         """Feed bytes from the client (b"" = EOF). Nothing is ever sent before the final
@@ -152,8 +182,11 @@ class HttpConnectHandshake(Handshake):
             elif line:
                 self._header(line.decode("latin-1"))
             else:
-                user = self._check_credentials()
-                self._request = ConnectRequest(*self._target, "http", user)
+                if self._pac_method is not None:
+                    self._pac = PacRequest(self._pac_method)
+                else:
+                    user = self._check_credentials()
+                    self._request = ConnectRequest(*self._target, "http", user)
                 self._leftover = bytes(buf[end:])
                 buf.clear()
                 self._state = _State.DONE
@@ -171,6 +204,9 @@ class HttpConnectHandshake(Handshake):
         if matched.group(1) != "1":
             raise ProtocolError(f"version {shown(version)} not supported",
                                 response(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED))
+        if method != "CONNECT" and target.startswith("/"):
+            self._pac_method = _origin_form(method, target)
+            return
         if method != "CONNECT":
             raise ProtocolError(f"method {shown(method)} not supported (only CONNECT)",
                                 response(HTTPStatus.METHOD_NOT_ALLOWED, "Allow: CONNECT"))
@@ -211,6 +247,17 @@ class HttpConnectHandshake(Handshake):
         if not self._authenticate(user, password):
             raise _unauthorized(f"authentication failed for user {shown(user)}")
         return user
+
+
+def _origin_form(method: str, target: str) -> str:
+    """The method of a request for the one resource the proxy serves itself."""
+    if target.partition("?")[0] != PAC_PATH:
+        raise ProtocolError(f"no resource {shown(target)} here (only {PAC_PATH})",
+                            response(HTTPStatus.NOT_FOUND))
+    if method not in ("GET", "HEAD"):
+        raise ProtocolError(f"method {shown(method)} not supported for {PAC_PATH}",
+                            response(HTTPStatus.METHOD_NOT_ALLOWED, "Allow: GET, HEAD"))
+    return method
 
 
 def _authority(target: str) -> tuple[str, int]:

@@ -13,6 +13,10 @@ replies are sent without a wait when the socket takes them (it always has room f
 bytes), and a dial that is complete when connect() returns is not waited for.
 
 Every connection ends in exactly one log line and one counter (stats.Record).
+
+The one HTTP request the proxy answers itself, `GET /proxy.pac`, passes the same client
+checks as a tunnel except the login (browsers fetch their PAC without proxy credentials); the
+text comes from an injected function, given the address the request arrived on.
 """
 
 from __future__ import annotations
@@ -20,16 +24,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import socket
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
-from tsproxy_generator.config import Address
+from tsproxy_generator.config import Address, Listen
 
 from ..names import NameNotFound, ResolveError, Resolver
-from ..proto import HttpConnectHandshake, ProtocolError, Reply, Socks5Handshake, sniff
-from ..proto.http_connect import response
+from ..proto import (
+    HttpConnectHandshake,
+    PacRequest,
+    ProtocolError,
+    Reply,
+    Socks5Handshake,
+    pac_reply,
+    sniff,
+)
+from ..proto.http_connect import PAC_PATH, response
 from . import limits
 from .access import ClientNetworks, Identities, Users
 from .egress import DialError, Policy, ip_literal
@@ -48,6 +61,8 @@ Handshake = Socks5Handshake | HttpConnectHandshake
 Dial = Callable[[Sequence[Address], int], Awaitable[socket.socket]]
 # (SOCKS reply, HTTP status when not the reply's own, counter, reason for the log)
 Refusal = tuple[Reply, HTTPStatus | None, str, str]
+# The PAC text for a request that arrived on this address (runs in a thread: it reads confs).
+PacSource = Callable[[Listen], str]
 
 
 class Server:
@@ -55,12 +70,13 @@ class Server:
                  policy: Policy, networks: ClientNetworks, users: Users | None,
                  identities: Identities | None, caps: limits.Limits, stats: Stats,
                  pool: PipePool, log: Log, handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, pac: PacSource | None = None) -> None:
         self.listener = listener
         self.resolver, self.dial, self.policy = resolver, dial, policy
         self.networks, self.users, self.identities = networks, users, identities
         self.caps, self.stats, self.pool, self.log = caps, stats, pool, log
         self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
+        self.pac = pac
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
         self._paused_at = -LOG_PAUSES_EVERY
@@ -176,6 +192,9 @@ class Server:
         hs = await self._handshake(sock, record, authenticate)
         if hs is None:
             return
+        if isinstance(hs, HttpConnectHandshake) and hs.pac is not None:
+            await self._serve_pac(sock, hs, hs.pac, record, denied)
+            return
         request = hs.request
         assert request is not None
         record.user = request.user
@@ -236,7 +255,8 @@ class Server:
                 while True:
                     if out := hs.receive_data(data):
                         await self._send(sock, out)
-                    if hs.request is not None:
+                    if hs.request is not None or (
+                            isinstance(hs, HttpConnectHandshake) and hs.pac is not None):
                         return hs
                     data = await loop.sock_recv(sock, RECV_SIZE)
         except TimeoutError:
@@ -252,6 +272,34 @@ class Server:
             record.end("refused: bad handshake",
                        f"bad handshake: {error.strerror} mid-handshake")
         return None
+
+    async def _serve_pac(self, sock: socket.socket, hs: HttpConnectHandshake, pac: PacRequest,
+                         record: Record, denied: Refusal | None) -> None:
+        what = f"{pac.method} {PAC_PATH}"
+        if denied is not None:
+            code, status, kind, reason = denied
+            await self._refuse(sock, hs, record, code, kind, f"{what}: {reason}", status)
+            return
+        if self.pac is None:
+            reply, kind, outcome = response(HTTPStatus.NOT_FOUND), "pac", f"{what}: not served"
+        else:
+            local = sock.getsockname()
+            arrival = Listen(ipaddress.ip_address(client_host(local[0])), local[1])
+            try:
+                text = await asyncio.to_thread(self.pac, arrival)
+            except OSError as error:  # the conf directory unreadable, say
+                reply, kind = response(HTTPStatus.INTERNAL_SERVER_ERROR), "pac error"
+                outcome = f"{what}: cannot build it: {error}"
+            else:
+                reply, kind = pac_reply(pac, text), "pac"
+                outcome = f"{what}: served ({len(text)} bytes)"
+        try:
+            await self._send(sock, reply)
+        except OSError as error:
+            record.end("pac error", f"{what}: {error.strerror} while answering")
+            return
+        record.down = len(reply)
+        record.end(kind, outcome)
 
     async def _resolve(self, sock: socket.socket, hs: Handshake, record: Record,
                        host: str) -> list[Address]:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import resource
 import signal
 import socket
 from dataclasses import dataclass
 
 from tsproxy_generator import paths
-from tsproxy_generator.config import TailnetConf
+from tsproxy_generator.config import Listen, TailnetConf
 
+from .. import pac
 from ..errors import TsproxyError
+from ..instances import load_instances
 from ..localapi import LocalAPI
 from ..names import Resolver
 from .access import ClientNetworks, Identities, Users
@@ -73,7 +76,13 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options) -> Serve
         log=log_line,
         handshake_timeout=options.handshake_timeout,
         idle_timeout=options.idle_timeout,
+        pac=functools.partial(served_pac, conf),
     )
+
+
+def served_pac(conf: TailnetConf, arrival: Listen) -> str:
+    """/proxy.pac from every good conf as they are now, this instance at `arrival`."""
+    return pac.served(load_instances()[0], conf, arrival)
 
 
 def run(conf: TailnetConf, listener: socket.socket, options: Options) -> int:
