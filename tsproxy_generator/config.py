@@ -159,7 +159,7 @@ def check_domain_list(value: str | list[str]) -> tuple[str, ...]:
 
 
 @one_value
-def check_dns_listen(text: str) -> Listen | bool:
+def check_dns_listen(text: str) -> object:
     """IP:PORT, or "no": not served. (None, the default, becomes the proxy's IP, port 53.)"""
     if text.lower() in ("no", "off", "false", "0"):
         return False
@@ -338,7 +338,7 @@ def load(path: str, root: str = "/") -> TailnetConf:
 def _dns_listen(value: Listen | bool | None, listen: Listen) -> Listen | None:
     if value is None:
         return Listen(listen.address, DNS_PORT)
-    return value or None
+    return value if isinstance(value, Listen) else None
 
 
 def _check_file(path: str, key: str, name: str | None, root: str, private: bool) -> None:

@@ -63,13 +63,15 @@ def generate(conf: TailnetConf, out: Output) -> None:
                 {"Service": [f'Environment="TSPROXY_TAILSCALED_ARGS={escape(args)}"']})
     if conf.authkey_file:
         out.wants(f"tsproxy@{name}.service", f"tsproxy-login@{name}.service")
+    if conf.dns_listen:
+        out.wants(f"tsproxy@{name}.service", DNS_SOCKET)
     if conf.autostart:
         out.wants(ENABLED_BY, f"tsproxy@{name}.service")
 
 
 def generate_dns(confs: list[TailnetConf], conf_dir: str, out: Output) -> None:
     """One socket unit for every tailnet's names: each distinct DNS address once, UDP and TCP.
-    Started at boot when an autostart tailnet has DNS; tsproxy@NAME wants it too."""
+    Started at boot when an autostart tailnet has DNS; a tailnet with DNS wants it too."""
     listens = sorted({str(c.dns_listen) for c in confs if c.dns_listen})
     if not listens:
         return

@@ -13,19 +13,15 @@ import argparse
 import os
 import socket
 
-from validate import ValidateError
+from tsproxy_generator.config import ConfigError, load
 
-from tsproxy_generator.config import ConfigError, Listen, check_listen, load
-
+from ..activation import bind, inherited_sockets, parse_listen
 from ..errors import TsproxyError
 from ..instances import get_instance
 from ..proxy import service
 from ..proxy.egress import DEVICE, DIAL_TIMEOUT
 from ..proxy.relay import IDLE_TIMEOUT
 from ..proxy.server import HANDSHAKE_TIMEOUT
-
-SD_LISTEN_FDS_START = 3
-BACKLOG = 4096  # only for --listen; systemd's socket unit sets its own (default 4096)
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -71,39 +67,14 @@ def run(args: argparse.Namespace) -> int:
     return service.run(conf, listener, options)
 
 
-def parse_listen(text: str) -> Listen:
-    try:
-        listen = check_listen(text)
-    except ValidateError as error:
-        raise TsproxyError(f"--listen: {error}") from None
-    assert isinstance(listen, Listen)
-    return listen
-
-
-def bind(listen: Listen) -> socket.socket:
-    family = socket.AF_INET if listen.address.version == 4 else socket.AF_INET6
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((str(listen.address), listen.port))
-        sock.listen(BACKLOG)
-    except OSError as error:
-        sock.close()
-        raise TsproxyError(f"--listen {listen}: {error.strerror}") from None
-    return sock
-
-
 def inherited_listener() -> socket.socket:
-    """The one listening socket systemd passed (sd_listen_fds(3) protocol)."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+    """The one listening socket systemd passed (from tsproxy-socks@NAME.socket)."""
+    sockets = inherited_sockets()
+    if len(sockets) != 1:
         raise TsproxyError("proxy: expects one listening socket from systemd (run it through "
                            "tsproxy-socks@NAME.socket) or --listen IP:PORT")
-    # Not for our children: they are not the process the socket was meant for.
-    for variable in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
-        os.environ.pop(variable, None)
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    sock = sockets[0]
     if sock.type != socket.SOCK_STREAM or sock.getsockopt(socket.SOL_SOCKET,
                                                           socket.SO_ACCEPTCONN) != 1:
         raise TsproxyError("proxy: the socket from systemd is not a listening stream socket")
-    os.set_inheritable(sock.fileno(), False)
     return sock

@@ -1,0 +1,137 @@
+"""The hot path: one question, class IN, type A or AAAA, for a name no daemon is needed for.
+
+``10.100.10.141.fgpu`` means 10.100.10.141 and ``x.y.fgpu`` nothing, forever, so such answers
+(addresses, NODATA, NXDOMAIN) are built here by hand in a few microseconds, and remembered by
+the question's exact bytes (case included, so 0x20 randomization is echoed as sent).
+
+Anything else, or anything unusual about the message (EDNS other than version 0, extra
+records, compression in the question, trailing bytes), returns None and goes to answer.py,
+which answers every message; a test holds the two to the same answers over a corpus, and the
+fuzz tests feed this parser arbitrary bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ..names import NameNotFound, ResolveError
+from .zones import TTL_EMBEDDED, Zones, empty_non_terminal
+
+HEADER = struct.Struct("!HBBHHHH")  # id, flags (two bytes), QD, AN, NS, AR counts
+TYPE_A, TYPE_AAAA, TYPE_OPT, CLASS_IN = 1, 28, 41, 1
+NOERROR, NXDOMAIN = 0, 3
+FLAG_QR, FLAG_AA, FLAG_RD, FLAG_CD = 0x80, 0x04, 0x01, 0x10
+# RFC 1035 4.2.1 lets a UDP answer be 512 bytes; with EDNS we offer what DNS Flag Day 2020
+# settled on, which fits an unfragmented packet on any path.
+UDP_PAYLOAD = 1232
+OPT_RECORD = b"\0" + struct.pack("!HHIH", TYPE_OPT, UDP_PAYLOAD, 0, 0)
+CACHE_SIZE = 65536
+
+
+class FastPath:
+    """Answers for IP-embedded names of ``zones``, remembered by question; None otherwise."""
+
+    def __init__(self, zones: Zones) -> None:
+        self.zones = zones
+        # question + ARCOUNT -> RCODE, counts, the rest of the reply
+        self._bodies: dict[bytes, tuple[int, bytes, bytes]] = {}
+
+    def answer(self, query: bytes) -> bytes | None:
+        if len(query) < 17 or query[2] & 0xF8 or query[4:10] != b"\0\1\0\0\0\0":
+            return None  # a response, an opcode other than QUERY, or not one lone question
+        end = question_end(query)
+        if end < 0:
+            return None
+        additional = query[10:12]
+        if additional == b"\0\0":
+            if end != len(query):
+                return None
+        elif additional != b"\0\1" or not plain_opt(query, end):
+            return None
+        key = query[12:end] + additional
+        if (cached := self._bodies.get(key)) is None:
+            if (cached := self._build(query, end, additional == b"\0\1")) is None:
+                return None
+            if len(self._bodies) >= CACHE_SIZE:
+                self._bodies.clear()
+            self._bodies[key] = cached
+        rcode, counts, body = cached
+        flags = bytes((FLAG_QR | FLAG_AA | (query[2] & FLAG_RD), (query[3] & FLAG_CD) | rcode))
+        return query[:2] + flags + counts + body
+
+    def _build(self, query: bytes, end: int, edns: bool) -> tuple[int, bytes, bytes] | None:
+        qtype = query[end - 4] << 8 | query[end - 3]
+        if qtype not in (TYPE_A, TYPE_AAAA) or query[end - 2:end] != b"\0\1":
+            return None
+        name = question_name(query, end - 4)
+        if name is None:
+            return None
+        apex = self.zones.find(name)
+        if apex is None:
+            return None
+        rcode = NOERROR
+        relative = name[:-len(apex.name)].rstrip(".")
+        try:
+            addresses = apex.zone.resolver.resolve_now(name) if relative else []
+        except NameNotFound:
+            addresses = []
+            if not empty_non_terminal(relative.split(".")):
+                rcode = NXDOMAIN
+        except ResolveError:
+            return None
+        if addresses is None:
+            return None  # a peer or another name: tailscaled must be asked
+        version = 4 if qtype == TYPE_A else 6
+        records = [b"\xc0\x0c" + struct.pack("!HHIH", qtype, CLASS_IN, TTL_EMBEDDED,
+                                              len(a.packed)) + a.packed
+                   for a in addresses if a.version == version]
+        # No address (of that family): a negative answer, with the SOA (RFC 2308 2.2).
+        authority = [] if records else [apex.soa]
+        counts = struct.pack("!HHHH", 1, len(records), len(authority), int(edns))
+        body = query[12:end] + b"".join(records + authority) + (OPT_RECORD if edns else b"")
+        return rcode, counts, body
+
+
+def question_end(query: bytes) -> int:
+    """The offset after the question's type and class; -1 unless the name is plain labels
+    (no compression, RFC 1035 sizes) with the four bytes after it present."""
+    position = 12
+    while True:
+        if position >= len(query):
+            return -1
+        length = query[position]
+        if length == 0:
+            break
+        if length > 63:
+            return -1  # a pointer or an obsolete label type: not in a plain question
+        position += 1 + length
+    position += 1
+    if position - 12 > 255 or position + 4 > len(query):
+        return -1
+    return position + 4
+
+
+def question_name(query: bytes, end: int) -> str | None:
+    """The question's name in lower case without the root, if it is ASCII without a dot
+    inside a label (which text would misread as two labels)."""
+    labels = []
+    position = 12
+    while position < end - 1:
+        length = query[position]
+        label = query[position + 1:position + 1 + length]
+        if not label.isascii() or b"." in label:
+            return None
+        labels.append(label.decode("ascii").lower())
+        position += 1 + length
+    return ".".join(labels)
+
+
+def plain_opt(query: bytes, start: int) -> bool:
+    """Whether the message ends in exactly one OPT record, EDNS version 0 (RFC 6891 6.1).
+    Its options (a cookie, say) are ignored, as RFC 6891 lets a server that knows none."""
+    if len(query) < start + 11 or query[start:start + 3] != b"\0\0\x29":
+        return False
+    if query[start + 5:start + 7] != b"\0\0":  # extended RCODE and version both 0
+        return False
+    rdlength = query[start + 9] << 8 | query[start + 10]
+    return start + 11 + rdlength == len(query)

@@ -1,0 +1,111 @@
+"""The responder's sockets: UDP and TCP on every address, one asyncio loop.
+
+UDP is read in batches straight from the socket (a readiness callback drains up to BATCH
+datagrams), so under load one wakeup serves many queries; the fast path answers in the same
+callback, everything else becomes a task, at most MAX_PENDING at once (beyond that a query is
+dropped, as a busy server's UDP is, and the client retries). TCP (RFC 7766) takes pipelined
+queries one after another, with an idle timeout and a cap on connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+from collections.abc import Callable
+
+from .answer import Responder
+
+BATCH = 64
+MAX_DATAGRAM = 4096  # a query is a few hundred bytes; a bigger datagram is no query of ours
+MAX_PENDING = 4096
+MAX_TCP = 1024
+TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message (or the rest of one)
+
+
+class DnsServer:
+    """Serves ``responder`` (replaceable: a reload swaps it) on ``sockets``, UDP and TCP."""
+
+    def __init__(self, sockets: list[socket.socket], responder: Responder,
+                 log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> None:
+        self.sockets = sockets
+        self.responder = responder
+        self.log = log
+        self._pending: set[asyncio.Task[None]] = set()
+        self._tcp_clients = 0
+        self.dropped = 0
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        servers = []
+        for sock in self.sockets:
+            sock.setblocking(False)
+            if sock.type == socket.SOCK_DGRAM:
+                loop.add_reader(sock.fileno(), self._readable, sock)
+            else:
+                servers.append(await asyncio.start_server(self._tcp, sock=sock))
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for sock in self.sockets:
+                if sock.type == socket.SOCK_DGRAM:
+                    loop.remove_reader(sock.fileno())
+            for server in servers:
+                server.close()
+            for task in list(self._pending):
+                task.cancel()
+
+    def _readable(self, sock: socket.socket) -> None:
+        responder = self.responder
+        for _ in range(BATCH):
+            try:
+                query, peer = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # an ICMP error for an earlier reply, say: nothing to answer
+            reply = responder.answer_now(query)
+            if reply is not None:
+                _send(sock, reply, peer)
+            elif len(self._pending) < MAX_PENDING:
+                task = asyncio.ensure_future(self._answer_later(sock, query, peer, responder))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+            else:
+                self.dropped += 1
+
+    async def _answer_later(self, sock: socket.socket, query: bytes, peer: tuple[str, int],
+                            responder: Responder) -> None:
+        reply = await responder.answer(query, udp=True)
+        if reply is not None:
+            _send(sock, reply, peer)
+
+    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._tcp_clients >= MAX_TCP:
+            writer.transport.abort()
+            return
+        self._tcp_clients += 1
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE):
+                    length = int.from_bytes(await reader.readexactly(2), "big")
+                    query = await reader.readexactly(length)
+                responder = self.responder
+                reply = responder.answer_now(query) or await responder.answer(query, udp=False)
+                if reply is None:
+                    break  # not a query (too short, or a response): nothing sane to say
+                writer.write(len(reply).to_bytes(2, "big") + reply)
+                async with asyncio.timeout(TCP_IDLE):
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, OSError):
+            pass  # the client went away, lied about a length, or stalled: just close
+        finally:
+            self._tcp_clients -= 1
+            writer.transport.abort()
+
+
+def _send(sock: socket.socket, reply: bytes, peer: tuple[str, int]) -> None:
+    # A full socket buffer drops the reply, as a full network would: the client retries.
+    with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+        sock.sendto(reply, peer)

@@ -1,0 +1,89 @@
+"""Which tailnet answers a name: one Zone per conf, for its suffix and its dns_domains.
+
+A zone answers with that tailnet's Resolver (names.py), the one the proxy uses too, so a name
+means the same address to `dig` and to `curl -x socks5h://`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tsproxy_generator import paths
+from tsproxy_generator.config import TailnetConf
+
+from ..localapi import LocalAPI
+from ..names import OCTET, Resolver
+
+# IP-embedded names mean the same address forever; peers come and go.
+TTL_EMBEDDED = 3600
+TTL_PEER = 60
+# SOA minimum: how long a resolver may remember "no such name" (RFC 2308).
+NEGATIVE_TTL = 30
+SOA_TIMERS = (1, 3600, 600, 86400, NEGATIVE_TTL)  # serial, refresh, retry, expire, minimum
+
+
+def wire_name(name: str) -> bytes:
+    """``a.b`` in DNS wire form, uncompressed."""
+    return b"".join(bytes([len(label)]) + label.encode("ascii")
+                    for label in name.split(".") if label) + b"\0"
+
+
+def empty_non_terminal(relative: list[str]) -> bool:
+    """Whether labels under an apex are the tail of IP-embedded names (``141``, ``10.141``):
+    such a name has no address but names below it, so it is NODATA, not NXDOMAIN (RFC 8020
+    lets a resolver take NXDOMAIN to mean nothing below exists either)."""
+    return len(relative) < 4 and all(OCTET.fullmatch(label) for label in relative)
+
+
+@dataclass(frozen=True)
+class Apex:
+    """One name a tailnet answers under: its suffix or one of its dns_domains."""
+    name: str
+    zone: Zone
+    # The SOA record for negative answers, owner and all, ready to append (RFC 2308 3).
+    soa: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        owner = wire_name(self.name)
+        rdata = owner + wire_name("hostmaster." + self.name) + struct.pack("!5I", *SOA_TIMERS)
+        record = owner + struct.pack("!HHIH", 6, 1, NEGATIVE_TTL, len(rdata)) + rdata
+        object.__setattr__(self, "soa", record)
+
+
+@dataclass(frozen=True)
+class Zone:
+    """One tailnet's names: `suffix` (IP-embedded names and peers) and `domains` (names its
+    own DNS serves, asked through its tailscaled)."""
+    name: str
+    suffix: str
+    domains: tuple[str, ...]
+    resolver: Resolver = field(compare=False)
+
+
+class Zones:
+    """Every zone, looked up by the longest apex a name ends with."""
+
+    def __init__(self, zones: Iterable[Zone]) -> None:
+        self.zones = list(zones)
+        self.apexes = {apex: Apex(apex, zone) for zone in self.zones
+                       for apex in (zone.suffix, *zone.domains)}
+
+    @classmethod
+    def from_confs(cls, confs: Iterable[TailnetConf], run_dir: str = paths.RUN_DIR) -> Zones:
+        """Zones for the confs that serve DNS, each asking its own tailscaled's LocalAPI
+        (reachable from the host namespace under `run_dir`)."""
+        return cls(Zone(conf.name, conf.suffix, conf.dns_domains,
+                        Resolver(conf.suffix, LocalAPI(f"{run_dir}/{conf.name}/tailscaled.sock")))
+                   for conf in confs if conf.dns_listen)
+
+    def find(self, name: str) -> Apex | None:
+        """The apex ``name`` (lower case, no trailing dot) is at or under, if any."""
+        while True:
+            if (apex := self.apexes.get(name)) is not None:
+                return apex
+            dot = name.find(".")
+            if dot < 0:
+                return None
+            name = name[dot + 1:]
