@@ -56,8 +56,9 @@ def routes(confs: Iterable[TailnetConf],
 def proxy_string(proxy: Listen) -> str:
     """What FindProxyForURL returns for one tailnet, best first. SOCKS5 lets the proxy resolve
     the name; plain SOCKS is for engines that know no "SOCKS5" keyword (older macOS, which
-    then still speaks version 5)."""
-    return f"SOCKS5 {proxy}; SOCKS {proxy}"
+    then still speaks version 5); PROXY (CONNECT, and absolute-form requests for http://
+    URLs, on the same port) is the last resort for clients without SOCKS."""
+    return f"SOCKS5 {proxy}; SOCKS {proxy}; PROXY {proxy}"
 
 
 def render(found: Sequence[Route]) -> str:

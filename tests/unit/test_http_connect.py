@@ -111,8 +111,8 @@ REFUSALS = [
     (no_auth, b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n", BAD_REQUEST, "bad request line"),
     (no_auth, b"\r\n", BAD_REQUEST, "bad request line ''"),
     (no_auth, b"CONNECT gpu1.fgpu:443 HTTP/2.0\r\n", BAD_VERSION, "version 'HTTP/2.0'"),
-    # Other methods: 405 (no absolute-form forwarding), case-sensitive.
-    (no_auth, b"GET http://gpu1.fgpu/ HTTP/1.1\r\n", NOT_CONNECT, "method 'GET' not supported"),
+    # Other methods: 405 unless absolute-form http:// (test_http_forward.py); case-sensitive.
+    (no_auth, b"GET https://gpu1.fgpu/ HTTP/1.1\r\n", NOT_CONNECT, "method 'GET' not supported"),
     (no_auth, b"connect gpu1.fgpu:443 HTTP/1.1\r\n", NOT_CONNECT, "method 'connect'"),
     # Bad host:port.
     (no_auth, head(target="gpu1.fgpu"), BAD_REQUEST, "is not host:port"),

@@ -34,8 +34,9 @@ CONFS = {
     "wild": "listen = 0.0.0.0:1081\ndns_listen = no\n",
     "wild6": "listen = [::]:1082\nsuffix = w6\ndns_listen = no\n",
 }
-FGPU = "SOCKS5 100.121.76.21:11080; SOCKS 100.121.76.21:11080"
-LAB = "SOCKS5 [fd7a:115c:a1e0::5]:1080; SOCKS [fd7a:115c:a1e0::5]:1080"
+FGPU = "SOCKS5 100.121.76.21:11080; SOCKS 100.121.76.21:11080; PROXY 100.121.76.21:11080"
+LAB = ("SOCKS5 [fd7a:115c:a1e0::5]:1080; SOCKS [fd7a:115c:a1e0::5]:1080; "
+       "PROXY [fd7a:115c:a1e0::5]:1080")
 
 
 def load(tmp_path: Path) -> list[TailnetConf]:
@@ -59,7 +60,7 @@ def evaluate(text: str, urls: list[str]) -> dict[str, str]:
 
 
 def proxied(proxy: str) -> str:
-    return f"SOCKS5 {proxy}; SOCKS {proxy}"
+    return f"SOCKS5 {proxy}; SOCKS {proxy}; PROXY {proxy}"
 
 
 # URL -> what the PAC served by the "wild" instance to a client of 100.80.0.1:1081 says.

@@ -307,3 +307,26 @@ def test_out_of_descriptors_pauses_accepting_and_goes_on() -> None:
                    for line in w.log.lines), w.log.lines
 
     run(test())
+
+
+def test_absolute_form_is_forwarded_without_an_established_line() -> None:
+    async def test() -> None:
+        async with world(users=Users({"alice": b"s3cret"})) as w:
+            reader, writer = await w.connect()
+            token = base64.b64encode(b"alice:s3cret").decode()
+            writer.write(f"POST http://127.0.0.1:{w.echo_port}/x HTTP/1.1\r\n"
+                         f"Proxy-Authorization: Basic {token}\r\nContent-Length: 4\r\n"
+                         "Proxy-Connection: keep-alive\r\n\r\nbody".encode())
+            writer.write_eof()
+            # The echo server plays the origin: it shows what the proxy sent it.
+            assert await reader.read() == (
+                f"POST /x HTTP/1.1\r\nHost: 127.0.0.1:{w.echo_port}\r\nContent-Length: 4\r\n"
+                "Connection: close\r\n\r\nbody").encode()
+            writer.close()
+            await asyncio.sleep(0.05)
+        assert w.dialed == [(["127.0.0.1"], w.echo_port)]
+        line = w.log.lines[-1]
+        assert f" http user=alice to=127.0.0.1:{w.echo_port} " in line, line
+        assert line.endswith(": closed")
+
+    run(test())

@@ -1,4 +1,5 @@
-"""HTTP CONNECT server handshake (RFC 9110 9.3.6, RFC 9112, RFC 7617 Basic), sans-I/O.
+"""HTTP proxy server handshake: CONNECT (RFC 9110 9.3.6, RFC 9112, RFC 7617 Basic), one
+forwarded absolute-form request, and the PAC file, sans-I/O.
 
 The head is read line by line as it arrives. The request line is judged as soon as it ends, so
 a client that is not speaking HTTP at all (an SSH banner, say) is answered at once instead of
@@ -8,13 +9,18 @@ Decisions (each has a test):
 
 - Lines end in CRLF or a bare LF (RFC 9112 2.2 allows accepting LF; h11 does).
 - Request line: exactly `METHOD SP target SP HTTP/d.d`, else 400. HTTP/2.0 and friends: 505.
-  A method other than CONNECT: 405 with `Allow: CONNECT` (absolute-form GET forwarding is not
-  offered). Methods are case-sensitive.
+  Methods are case-sensitive.
+- Any other method with an absolute-form `http://` target (scheme in any case) is a request
+  to forward: .request names the URL's host and port (80 by default), with the same host
+  rules as CONNECT and the same login; .leftover starts with the head rewritten for the
+  server (http_forward.rewrite) and reply(SUCCEEDED) is empty: the server's own response is
+  the answer. Userinfo in the URL: 400. Any other target with a method other than CONNECT
+  (https:// URLs, `*`): 405 with `Allow: CONNECT`.
 - One origin-form resource: `GET /proxy.pac` (or HEAD, a query string allowed) is a PAC
   request (.pac, instead of .request): no target, and no credentials asked for, because
   browsers fetch their PAC file without proxy credentials. Another method on it: 405 with
   `Allow: GET, HEAD`; any other origin-form path: 404.
-- Target: authority-form only. `host:port` or `[IPv6]:port`; the port is 1..5 ASCII digits
+- CONNECT target: authority-form only. `host:port` or `[IPv6]:port`; the port is 1..5 ASCII digits
   with a value of 1..65535 (port 0 is 400: in HTTP it is a malformed authority, not a policy
   refusal). The host must pass base.is_host; zone ids, userinfo, unbracketed IPv6: 400.
 - Headers: `name: value` with a token name; obsolete line folding, CR or NUL in a value: 400.
@@ -25,7 +31,7 @@ Decisions (each has a test):
   empty-user credential is 407 without asking the callback; a decodable one is passed to the
   callback, which decides. Every 407 carries `Proxy-Authenticate: Basic realm="tsproxy"`.
 - Bytes after the head are tunnel payload (.leftover), even if the client declared a body:
-  RFC 9110 gives CONNECT no content.
+  RFC 9110 gives CONNECT no content (and a forwarded request's body goes on as it came).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import re
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from . import http_forward
 from .base import (
     Authenticate,
     ConnectRequest,
@@ -124,11 +131,20 @@ class HttpConnectHandshake(Handshake):
         self._credentials: list[str] = []
         self._pac: PacRequest | None = None
         self._pac_method: str | None = None  # set by the request line, reported at its end
+        # An absolute-form request: (method, origin-form target, version, authority), and
+        # every header line, to rewrite the head once it is complete.
+        self._forward: tuple[str, str, str, str] | None = None
+        self._headers: list[tuple[str, str]] = []
 
     @property
     def pac(self) -> PacRequest | None:
         """A complete PAC request (then .request stays None)."""
         return self._pac
+
+    @property
+    def forwarding(self) -> bool:
+        """The request is an absolute-form one, forwarded instead of tunnelled."""
+        return self._forward is not None
 
     def receive_data(self, data: bytes) -> bytes:
         """Feed bytes from the client (b"" = EOF). Nothing is ever sent before the final
@@ -153,7 +169,7 @@ class HttpConnectHandshake(Handshake):
         """The response to the request; `bound` is accepted for symmetry with SOCKS5 and
         unused: HTTP has no place for it."""
         if code is Reply.SUCCEEDED:
-            return ESTABLISHED
+            return b"" if self._forward else ESTABLISHED
         return response(_STATUS[code])
 
     def _fail(self) -> None:
@@ -187,7 +203,7 @@ class HttpConnectHandshake(Handshake):
                 else:
                     user = self._check_credentials()
                     self._request = ConnectRequest(*self._target, "http", user)
-                self._leftover = bytes(buf[end:])
+                self._leftover = self._forward_head() + bytes(buf[end:])
                 buf.clear()
                 self._state = _State.DONE
 
@@ -207,10 +223,27 @@ class HttpConnectHandshake(Handshake):
         if method != "CONNECT" and target.startswith("/"):
             self._pac_method = _origin_form(method, target)
             return
+        if method != "CONNECT" and target[:7].lower() == "http://":
+            authority, origin = http_forward.origin_form(target[7:])
+            if "@" in authority:
+                raise _bad(f"{method} target {shown(target)}: userinfo in the URL")
+            has_port = ":" in authority and not authority.endswith("]")
+            self._target = _authority(authority if has_port else f"{authority}:80", method)
+            self._forward = (method, origin, version, authority)
+            return
         if method != "CONNECT":
-            raise ProtocolError(f"method {shown(method)} not supported (only CONNECT)",
+            raise ProtocolError(f"method {shown(method)} not supported for target "
+                                f"{shown(target)} (CONNECT, /proxy.pac or http:// URLs)",
                                 response(HTTPStatus.METHOD_NOT_ALLOWED, "Allow: CONNECT"))
         self._target = _authority(target)
+
+    def _forward_head(self) -> bytes:
+        if self._forward is None:
+            return b""
+        method, origin, version, authority = self._forward
+        head = http_forward.rewrite(method, origin, version, authority, self._headers)
+        self._headers.clear()
+        return head
 
     def _header(self, line: str) -> None:
         if line[0] in " \t":
@@ -226,6 +259,8 @@ class HttpConnectHandshake(Handshake):
             raise _bad(f"CR or NUL in header {shown(name)}")
         if name.lower() == "proxy-authorization":
             self._credentials.append(value)
+        if self._forward is not None:
+            self._headers.append((name, line))
 
     def _check_credentials(self) -> str | None:
         if self._authenticate is None:
@@ -260,19 +295,19 @@ def _origin_form(method: str, target: str) -> str:
     return method
 
 
-def _authority(target: str) -> tuple[str, int]:
-    """CONNECT's authority-form target: (host without brackets, port)."""
+def _authority(target: str, method: str = "CONNECT") -> tuple[str, int]:
+    """An authority `host:port`: (host without brackets, port)."""
     host, colon, port = target.rpartition(":")
     if not colon or not 1 <= len(port) <= 5 or not _DIGITS.issuperset(port):
-        raise _bad(f"CONNECT target {shown(target)} is not host:port")
+        raise _bad(f"{method} target {shown(target)} is not host:port")
     number = int(port)
     if not 1 <= number <= 65535:
-        raise _bad(f"CONNECT target {shown(target)}: port out of range")
+        raise _bad(f"{method} target {shown(target)}: port out of range")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
         if ip_literal(inner) is None or ":" not in inner:
-            raise _bad(f"CONNECT target {shown(target)}: bad IPv6 literal")
+            raise _bad(f"{method} target {shown(target)}: bad IPv6 literal")
         return inner, number
     if ":" in host or not is_host(host):
-        raise _bad(f"CONNECT target {shown(target)}: bad host")
+        raise _bad(f"{method} target {shown(target)}: bad host")
     return host, number
