@@ -12,6 +12,8 @@ tests, asyncio tests and other processes (through the socket path) can all use i
                       dns={"example.com": ["192.0.2.1", "2001:db8::1"], "bad.test": "SERVFAIL"}):
         ...
 
+A dns item "txt:TEXT" is a TXT record instead of an address.
+
 Switches: ``slow = True`` accepts and reads requests but never answers (until stop);
 ``chunked = True`` sends bodies chunked instead of with Content-Length; ``errors`` maps an
 endpoint ("status", "whois", "dns-query") to an HTTP status to answer instead; a server that
@@ -187,8 +189,11 @@ class FakeLocalAPI:
             reply.header.rcode = getattr(dnslib.RCODE, entry)
         else:
             for text in entry:
-                rdata = dnslib.A(text) if "." in text else dnslib.AAAA(text)
-                rtype = dnslib.QTYPE.A if "." in text else dnslib.QTYPE.AAAA
+                if text.startswith("txt:"):
+                    rdata, rtype = dnslib.TXT(text[4:]), dnslib.QTYPE.TXT
+                else:
+                    rdata = dnslib.A(text) if "." in text else dnslib.AAAA(text)
+                    rtype = dnslib.QTYPE.A if "." in text else dnslib.QTYPE.AAAA
                 if qt == rtype:
                     reply.add_answer(dnslib.RR(name.rstrip(".") + ".", rtype, rdata=rdata,
                                                ttl=600))

@@ -12,7 +12,7 @@ For the zones of zones.py, as an authoritative server that is not a resolver (RA
   under dns_domains, tailscaled is asked for the type itself;
 - not a query: OPCODE UPDATE is REFUSED, other opcodes NOTIMP, a message that does not parse
   or does not ask exactly one question FORMERR (RFC 9619), a response (QR set) or a header
-  under 12 bytes no answer at all;
+  under 12 bytes no answer at all. dnslib parses only UTF-8 labels: other bytes are FORMERR;
 - EDNS (RFC 6891): echoed with our payload size; version other than 0 is BADVERS, two OPT
   records FORMERR; over UDP an answer bigger than the client's payload size (512 without EDNS)
   is sent truncated (TC) so the client retries over TCP (RFC 7766).
@@ -38,7 +38,7 @@ from .zones import (
 )
 
 QUERY_TIMEOUT = 2.0
-MAX_NAME = 255  # RFC 1035 2.3.4, in wire form
+MAX_NAME, MAX_LABEL = 255, 63  # RFC 1035 2.3.4, in wire form
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 OPCODE_QUERY, OPCODE_UPDATE = 0, 5
 BADVERS = 16  # an extended RCODE: its upper 8 bits travel in the OPT record
@@ -65,7 +65,7 @@ class Responder:
         if opcode != OPCODE_QUERY:
             return error_reply(query, REFUSED if opcode == OPCODE_UPDATE else NOTIMP)
         opts = [rr for rr in record.ar if rr.rtype == Q.OPT]
-        if len(record.questions) != 1 or len(opts) > 1:
+        if len(record.questions) != 1 or len(opts) > 1 or malformed(record.q.qname.label):
             return error_reply(query, FORMERR)
         reply = dnslib.DNSRecord(dnslib.DNSHeader(id=record.header.id, qr=1, rd=record.header.rd,
                                                   cd=record.header.get_cd()), q=record.q)
@@ -89,9 +89,6 @@ class Responder:
 
     async def _fill(self, reply: dnslib.DNSRecord, question: dnslib.DNSQuestion) -> None:
         labels: tuple[bytes, ...] = question.qname.label
-        if sum(len(label) + 1 for label in labels) + 1 > MAX_NAME:
-            reply.header.rcode = FORMERR
-            return
         found = self._apex(labels)
         if question.qclass != CLASS_IN or found is None:
             reply.header.rcode = REFUSED
@@ -167,6 +164,12 @@ class Responder:
     def _negative(self, reply: dnslib.DNSRecord, apex: Apex, rcode: int) -> None:
         reply.header.rcode = rcode
         reply.add_auth(soa(apex, NEGATIVE_TTL))
+
+def malformed(labels: tuple[bytes, ...]) -> bool:
+    """Over RFC 1035's sizes (which dnslib's parser lets through and its packer refuses)."""
+    return any(len(label) > MAX_LABEL for label in labels) or \
+        sum(len(label) + 1 for label in labels) + 1 > MAX_NAME
+
 
 def soa(apex: Apex, ttl: int = NEGATIVE_TTL) -> dnslib.RR:
     return dnslib.RR(apex.name + ".", Q.SOA, ttl=ttl,
