@@ -141,7 +141,7 @@ def test_long_names(dns: Responder) -> None:
     too_long = [b"a" * 63] * 3 + [b"b" * 57] + fgpu
     assert rcode(dnslib.DNSRecord.parse(ask(dns, raw_query(wire(too_long))))) == "FORMERR"
     # 64 bytes: the length byte reads as an extended label type, which the message cannot have.
-    assert rcode(dnslib.DNSRecord.parse(ask(dns, raw_query(wire([b"a" * 64] + fgpu))))) \
+    assert rcode(dnslib.DNSRecord.parse(ask(dns, raw_query(wire([b"a" * 64, *fgpu]))))) \
         == "FORMERR"
 
 
