@@ -7,6 +7,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shlex
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,3 +152,25 @@ def test_chromium_follows_the_pac_to_a_peer_name(world: ProxyWorld, tmp_path: Pa
     # It fetched the PAC, then went by SOCKS5 with the name (nothing resolved it locally).
     world.wait_log(r"client=100\.80\.0\.2:\d+ http .*: GET /proxy\.pac: served")
     world.wait_log(rf" socks5 to=web\.{NAME}:{HTTP_PORT} addr={TARGET4}:{HTTP_PORT} ")
+
+
+@pytest.mark.parametrize("command", [
+    ["curl", "-sS", "--max-time", "10", f"http://web.{NAME}:{HTTP_PORT}/"],
+    [sys.executable, "-c", "import sys, urllib.request; sys.stdout.write(urllib.request"
+     f".urlopen('http://web.{NAME}:{HTTP_PORT}/', timeout=10).read().decode())"],
+])
+def test_the_env_snippet_runs_one_command_through_the_tailnet(
+        world: ProxyWorld, tmp_path: Path, command: list[str]) -> None:
+    made = world.fake.tsproxy("client", "--for", "env", NAME)
+    assert made.returncode == 0, made.stderr
+    snippet = tmp_path / "env.sh"
+    snippet.write_text(made.stdout)
+    line = " ".join(shlex.quote(word) for word in command)
+    through = rf" http to=web\.{NAME}:{HTTP_PORT} addr={TARGET4}:{HTTP_PORT} "
+    before = len([x for x in world.log().splitlines() if re.search(through, x)])
+    done = world.client("bash", "-euc", f". {snippet}; via_{NAME} {line}; "
+                        'echo "after: ${http_proxy-unset} ${ALL_PROXY-unset}"')
+    # The name works through the proxy (plain http proxying: absolute-form GET), and the
+    # shell itself is left as it was.
+    assert done.stdout == f"{GATEWAY_TS}\nafter: unset unset\n", done.stderr
+    world.wait_log(through, before + 1)

@@ -15,6 +15,7 @@ COMMANDS = {
     "down": "remove what `up` made (run by tsproxy@NAME on stop)",
     "login": "log an instance's tailscaled in to its tailnet",
     "proxy": "serve the proxy socket of an instance (run by tsproxy-socks@NAME)",
+    "client": "print ready-to-paste setup for client machines (DNS, PAC, ssh, shell)",
     "dns": "answer every instance's DNS names (run by tsproxy-dns.service)",
 }
 
