@@ -21,7 +21,8 @@ is not started has no socket (daemon down); ``stop(unlink=False)`` leaves the so
 behind, so connecting is refused (daemon crashed). ``requests`` records what was asked.
 
 Run standalone for another process: ``python3 tests/fake_localapi.py SOCKET TABLE.json``
-(TABLE holds "status", "whois" and "dns" as above); it serves until SIGTERM or SIGINT.
+(TABLE holds "status", "whois" and "dns" as above, and "slow"); it serves until SIGTERM or
+SIGINT.
 """
 
 from __future__ import annotations
@@ -259,6 +260,7 @@ def main(argv: list[str]) -> int:
         return 2
     table = json.loads(Path(argv[1]).read_text())
     fake = FakeLocalAPI(argv[0], table.get("status"), table.get("whois"), table.get("dns"))
+    fake.slow = bool(table.get("slow"))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
