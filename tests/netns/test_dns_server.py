@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,8 +175,8 @@ def test_truncation_sends_the_client_to_tcp(responder: Responder) -> None:
 
 CLIENT_SCRIPT = r"""
 import socket, struct, sys, dnslib
-names = sys.argv[1:]
-s = socket.create_connection(("%s", 53), timeout=5)
+names = sys.argv[2:]
+s = socket.create_connection((sys.argv[1], 53), timeout=5)
 s.sendall(b"".join(struct.pack("!H", len(q)) + q for q in
                    (dnslib.DNSRecord.question(n).pack() for n in names)))
 for n in names:
@@ -187,12 +186,12 @@ for n in names:
     while len(body) < size: body += s.recv(size - len(body))
     r = dnslib.DNSRecord.parse(body)
     print(r.q.qname, r.rr[0].rdata if r.rr else dnslib.RCODE.get(r.header.rcode))
-""" % DNS_IP
+"""
 
 
 def test_pipelined_tcp_queries_are_answered_in_order(responder: Responder) -> None:
     names = ["10.0.0.1.fgpu", "web.fgpu", "nosuch.fgpu", "10.0.0.2.fgpu"]
-    out = responder.world.python(CLIENT_SCRIPT, *names)
+    out = responder.world.python(CLIENT_SCRIPT, DNS_IP, *names)
     assert out.splitlines() == ["10.0.0.1.fgpu. 10.0.0.1", f"web.fgpu. {TARGET4}",
                                 "nosuch.fgpu. NXDOMAIN", "10.0.0.2.fgpu. 10.0.0.2"]
 
