@@ -9,6 +9,7 @@ leaves the container.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,33 @@ def assert_proxy_inside_the_namespace(container: Container, name: str, port: int
     assert stats >= 2
 
 
+def dig(container: Container, *args: str) -> str:
+    """The host's own dig, run in the container's network namespace: a third-party client
+    on the gateway, asking the responder on the host's tailnet address."""
+    done = subprocess.run(["nsenter", "-t", str(container.pid1), "-n", "dig", f"@{HOST_TS_IP}",
+                           "+time=3", "+tries=1", *args],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def assert_dns_answers(container: Container) -> None:
+    """One responder, in the host namespace, for every conf's names; peers need a logged-in
+    tailscaled (none here: SERVFAIL, quickly), IP-embedded names never do."""
+    assert unit_state(container, "tsproxy-dns.socket") == "active"
+    for transport in ("+notcp", "+tcp"):
+        assert dig(container, transport, "+short", "10.100.10.141.fgpu").split() == ["10.100.10.141"]
+        assert dig(container, transport, "+short", "1.2.3.4.fgpu").split() == ["1.2.3.4"]
+    assert "status: SERVFAIL" in dig(container, "web.fgpu")  # fgpu's tailscaled: NeedsLogin
+    assert "status: REFUSED" in dig(container, "example.com")
+    assert "status: REFUSED" in dig(container, "1.2.3.4.broken")  # the bad conf serves nothing
+    assert dig(container, "+short", "10.0.0.1.work").split() == ["10.0.0.1"]
+    pid = container.run("systemctl show -P MainPID tsproxy-dns.service").stdout.strip()
+    assert container.run(f"ip netns identify {pid}").stdout.strip() == ""  # the host's namespace
+    assert "serving fgpu: fgpu, lab: lab, work: work" in container.run(
+        "journalctl -b -u tsproxy-dns --no-pager -o cat").stdout
+
+
 def assert_instance_gone(container: Container, name: str) -> None:
     assert f"ts-{name}" not in netns_list(container)
     assert container.run(f"ip link show ts-{name}", check=False).returncode != 0
@@ -132,6 +160,7 @@ def test_conf_to_running_tailnets_and_back(booted_debian: Container, tailscale_d
     units = [f"{u}@{n}.{t}" for n in ("fgpu", "work", "lab") for u, t in
              (("tsproxy", "service"), ("tsproxy-tailscaled", "service"),
               ("tsproxy-socks", "socket"), ("tsproxy-socks", "service"))]
+    units += ["tsproxy-dns.socket", "tsproxy-dns.service"]
     # The container has no man-db: the man pages are checked as files instead.
     verify = c.run(["systemd-analyze", "verify", "--generators=yes", "--man=no", *units], check=False)
     c.run("test -f /usr/share/man/man8/tsproxy.8.gz && test -f /usr/share/man/man5/tsproxy.d.5.gz")
@@ -146,6 +175,7 @@ def test_conf_to_running_tailnets_and_back(booted_debian: Container, tailscale_d
     assert unit_state(c, "tsproxy@lab.service") == "inactive"
 
     assert_proxy_inside_the_namespace(c, "fgpu", 11080)
+    assert_dns_answers(c)
 
     # The broken conf never starts, and says why.
     bad = c.run("systemctl start tsproxy@broken", check=False)
@@ -177,6 +207,7 @@ def test_conf_to_running_tailnets_and_back(booted_debian: Container, tailscale_d
     assert_instance_up(c, "work", 11081)
     assert unit_state(c, "tsproxy@lab.service") == "inactive"
     assert "ts-broken" not in netns_list(c)
+    assert_dns_answers(c)
     assert c.run("cat /etc/resolv.conf").stdout == resolv_before
 
 
