@@ -34,6 +34,7 @@ bench: deps deb
 	tools/bench-generator
 	tools/bench-start
 	tools/bench-proxy
+	tools/bench-dns
 
 clean:
 	rm -rf build dist .pytest_cache

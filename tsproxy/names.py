@@ -158,29 +158,17 @@ class Resolver:
         return None
 
     async def _peer(self, label: str, host: str) -> list[Address]:
-        status = await self.status()
-        state = status.get("BackendState")
-        if state not in READY_STATES:
-            raise ResolverDown(f"{host!r}: tailscaled is {state or 'in no state'}, not running")
-        nodes = [status.get("Self"), *(status.get("Peer") or {}).values()]
-        magic_suffix = str(status.get("MagicDNSSuffix") or "").lower().strip(".")
-        ranks: list[list[list[Address]]] = [[], [], []]
-        for node in nodes:
-            if not isinstance(node, dict):
-                continue
-            dns_name = str(node.get("DNSName") or "").lower().strip(".")
-            first, _, rest = dns_name.partition(".")
-            if first == label:
-                ranks[0 if rest == magic_suffix else 1].append(node_addresses(node))
-            elif str(node.get("HostName") or "").lower() == label:
-                ranks[2].append(node_addresses(node))
-        for matches in ranks:
-            if len(matches) == 1 and matches[0]:
-                return matches[0]
-            if matches:
-                raise NameNotFound(f"{host!r}: {len(matches)} nodes answer to {label!r}"
-                                   if len(matches) > 1 else f"{host!r}: node has no address")
-        raise NameNotFound(f"{host!r}: no node {label!r} in this tailnet")
+        return peer_addresses(await self.status(), label, host)
+
+    def peer_now(self, host: str) -> list[Address] | None:
+        """The addresses of the node ``host`` (``label.SUFFIX``) from the cached status while
+        it is fresh; None when tailscaled would have to be asked. For the DNS hot path."""
+        if self._clock() >= self._status_until or not isinstance(self._status, dict):
+            return None
+        labels = self._under_suffix(normalize(host))
+        if labels is None or len(labels) != 1:
+            return None
+        return peer_addresses(self._status, labels[0], host)
 
     async def status(self) -> dict[str, Any]:
         """tailscaled's status, at most ``status_ttl`` seconds old; ResolverDown if none."""
@@ -238,6 +226,33 @@ class Resolver:
         except LocalAPIError as error:
             raise ResolverDown(str(error)) from None
         return answer_addresses(reply, name, qtype)
+
+
+def peer_addresses(status: dict[str, Any], label: str, host: str) -> list[Address]:
+    """The node ``label`` of a status: its MagicDNS name wins over its HostName, and a name
+    more than one node claims at the same rank is not found rather than guessed."""
+    state = status.get("BackendState")
+    if state not in READY_STATES:
+        raise ResolverDown(f"{host!r}: tailscaled is {state or 'in no state'}, not running")
+    nodes = [status.get("Self"), *(status.get("Peer") or {}).values()]
+    magic_suffix = str(status.get("MagicDNSSuffix") or "").lower().strip(".")
+    ranks: list[list[list[Address]]] = [[], [], []]
+    for node in nodes:
+        if not isinstance(node, dict):
+            continue
+        dns_name = str(node.get("DNSName") or "").lower().strip(".")
+        first, _, rest = dns_name.partition(".")
+        if first == label:
+            ranks[0 if rest == magic_suffix else 1].append(node_addresses(node))
+        elif str(node.get("HostName") or "").lower() == label:
+            ranks[2].append(node_addresses(node))
+    for matches in ranks:
+        if len(matches) == 1 and matches[0]:
+            return matches[0]
+        if matches:
+            raise NameNotFound(f"{host!r}: {len(matches)} nodes answer to {label!r}"
+                               if len(matches) > 1 else f"{host!r}: node has no address")
+    raise NameNotFound(f"{host!r}: no node {label!r} in this tailnet")
 
 
 def node_addresses(node: dict[str, Any]) -> list[Address]:

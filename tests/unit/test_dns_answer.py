@@ -273,3 +273,19 @@ def test_semantic_sees_every_difference(dns: Responder) -> None:
     c = dns.answer_now(query("10.0.0.1.fgpu", rd=False))
     assert a is not None and b is not None and c is not None
     assert semantic(a) != semantic(b) and semantic(a) != semantic(c)
+
+
+def test_peers_take_the_fast_path_only_while_the_status_is_fresh(
+        fakes: tuple[FakeLocalAPI, FakeLocalAPI]) -> None:
+    dns = responder(Path(fakes[0].socket_path), Path(fakes[1].socket_path))
+    assert dns.answer_now(query("web.fgpu")) is None  # nothing known yet: ask tailscaled
+    answer(dns, "web.fgpu")  # the full path fetches the status (and `ask` compares)
+    for name, expected in (("web.fgpu", ["100.64.0.42"]), ("nosuch.fgpu", []),
+                           ("141.fgpu", [])):
+        reply = dns.answer_now(query(name))
+        assert reply is not None
+        assert data(dnslib.DNSRecord.parse(reply)) == expected
+    requests = fakes[0].count("status")
+    for _ in range(100):
+        dns.answer_now(query("web.fgpu"))
+    assert fakes[0].count("status") == requests

@@ -1,8 +1,10 @@
-"""The hot path: one question, class IN, type A or AAAA, for a name no daemon is needed for.
+"""The hot path: one question, class IN, type A or AAAA, for a name no daemon is asked for.
 
 ``10.100.10.141.fgpu`` means 10.100.10.141 and ``x.y.fgpu`` nothing, forever, so such answers
 (addresses, NODATA, NXDOMAIN) are built here by hand in a few microseconds, and remembered by
-the question's exact bytes (case included, so 0x20 randomization is echoed as sent).
+the question's exact bytes (case included, so 0x20 randomization is echoed as sent). Peer
+names are answered here too while the resolver's copy of tailscaled's status is fresh, and
+never remembered.
 
 Anything else, or anything unusual about the message (EDNS other than version 0, extra
 records, compression in the question, trailing bytes), returns None and goes to answer.py,
@@ -14,8 +16,8 @@ from __future__ import annotations
 
 import struct
 
-from ..names import NameNotFound, ResolveError
-from .zones import TTL_EMBEDDED, Zones, empty_non_terminal
+from ..names import Address, NameNotFound, ResolveError
+from .zones import TTL_EMBEDDED, TTL_PEER, Zones, empty_non_terminal
 
 HEADER = struct.Struct("!HBBHHHH")  # id, flags (two bytes), QD, AN, NS, AR counts
 TYPE_A, TYPE_AAAA, TYPE_OPT, CLASS_IN = 1, 28, 41, 1
@@ -29,7 +31,7 @@ CACHE_SIZE = 65536
 
 
 class FastPath:
-    """Answers for IP-embedded names of ``zones``, remembered by question; None otherwise."""
+    """Answers that need no daemon, from ``zones``; None when answer.py must answer."""
 
     def __init__(self, zones: Zones) -> None:
         self.zones = zones
@@ -50,16 +52,20 @@ class FastPath:
             return None
         key = query[12:end] + additional
         if (cached := self._bodies.get(key)) is None:
-            if (cached := self._build(query, end, additional == b"\0\1")) is None:
+            if (built := self._build(query, end, additional == b"\0\1")) is None:
                 return None
-            if len(self._bodies) >= CACHE_SIZE:
-                self._bodies.clear()
-            self._bodies[key] = cached
+            permanent, cached = built
+            if permanent:
+                if len(self._bodies) >= CACHE_SIZE:
+                    self._bodies.clear()
+                self._bodies[key] = cached
         rcode, counts, body = cached
         flags = bytes((FLAG_QR | FLAG_AA | (query[2] & FLAG_RD), (query[3] & FLAG_CD) | rcode))
         return query[:2] + flags + counts + body
 
-    def _build(self, query: bytes, end: int, edns: bool) -> tuple[int, bytes, bytes] | None:
+    def _build(self, query: bytes, end: int,
+               edns: bool) -> tuple[bool, tuple[int, bytes, bytes]] | None:
+        """Whether the answer holds forever, and its RCODE, counts and body."""
         qtype = query[end - 4] << 8 | query[end - 3]
         if qtype not in (TYPE_A, TYPE_AAAA) or query[end - 2:end] != b"\0\1":
             return None
@@ -69,10 +75,16 @@ class FastPath:
         apex = self.zones.find(name)
         if apex is None:
             return None
-        rcode = NOERROR
+        rcode, ttl, permanent = NOERROR, TTL_EMBEDDED, True
         relative = name[:-len(apex.name)].rstrip(".")
+        addresses: list[Address] | None = []
         try:
-            addresses = apex.zone.resolver.resolve_now(name) if relative else []
+            if relative:
+                addresses = apex.zone.resolver.resolve_now(name)
+                if addresses is None:
+                    # A peer, while tailscaled's status is fresh: true for a moment only.
+                    ttl, permanent = TTL_PEER, False
+                    addresses = apex.zone.resolver.peer_now(name)
         except NameNotFound:
             addresses = []
             if not empty_non_terminal(relative.split(".")):
@@ -80,16 +92,16 @@ class FastPath:
         except ResolveError:
             return None
         if addresses is None:
-            return None  # a peer or another name: tailscaled must be asked
+            return None  # tailscaled must be asked
         version = 4 if qtype == TYPE_A else 6
-        records = [b"\xc0\x0c" + struct.pack("!HHIH", qtype, CLASS_IN, TTL_EMBEDDED,
+        records = [b"\xc0\x0c" + struct.pack("!HHIH", qtype, CLASS_IN, ttl,
                                               len(a.packed)) + a.packed
                    for a in addresses if a.version == version]
         # No address (of that family): a negative answer, with the SOA (RFC 2308 2.2).
         authority = [] if records else [apex.soa]
         counts = struct.pack("!HHHH", 1, len(records), len(authority), int(edns))
         body = query[12:end] + b"".join(records + authority) + (OPT_RECORD if edns else b"")
-        return rcode, counts, body
+        return permanent, (rcode, counts, body)
 
 
 def question_end(query: bytes) -> int:
