@@ -1,0 +1,104 @@
+"""What the lab runs on the test machine, built or fetched once and cached under
+${TSPROXY_TEST_CACHE:-/var/cache/tsproxy-test}:
+
+    tailscale_binaries()  tailscaled and tailscale of tests/tailscale/build-deb (the same
+                          build the gateway's .deb packs)
+    controlplane()        tests/lab/controlplane, built with Go (modules from the module
+                          proxy on first use), keyed by a hash of its sources
+    sshd()                Debian's openssh-server, unpacked, never installed: the machine
+                          gets no ssh service, the lab's ssh peer runs this binary
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("TSPROXY_TEST_CACHE", "/var/cache/tsproxy-test"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _lock(name: str) -> int:
+    fd = os.open(cache_dir() / f".{name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _run(cmd: list[str], **kw) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def tailscale_deb(outdir: Path) -> Path:
+    return Path(_run([str(REPO / "tests/tailscale/build-deb"), str(outdir)]).strip().splitlines()[-1])
+
+
+def tailscale_binaries() -> tuple[Path, Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        deb = tailscale_deb(Path(tmp))  # builds the binaries first if needed
+    version = deb.name.split("_")[1]
+    bindir = cache_dir() / f"tailscale-{version}"
+    return bindir / "tailscaled", bindir / "tailscale"
+
+
+def controlplane() -> Path:
+    src = HERE / "controlplane"
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum", "main.go"):
+        digest.update((src / name).read_bytes())
+    out = cache_dir() / f"lab-controlplane-{digest.hexdigest()[:12]}" / "controlplane"
+    if out.exists():
+        return out
+    fd = _lock("lab-controlplane")
+    try:
+        if not out.exists():
+            tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".lab-controlplane-"))
+            try:
+                _run([os.environ.get("GO", "go"), "build", "-o", str(tmp / "controlplane"), "."], cwd=src)
+                for old in cache_dir().glob("lab-controlplane-*"):
+                    shutil.rmtree(old, ignore_errors=True)
+                tmp.rename(out.parent)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        os.close(fd)
+    return out
+
+
+def sshd() -> Path:
+    version = _run(["apt-cache", "policy", "openssh-server"]).split("Candidate:")[1].split()[0]
+    out = cache_dir() / f"lab-sshd-{version.replace(':', '_')}"
+    binary = out / "usr/sbin/sshd"
+    if binary.exists():
+        return binary
+    fd = _lock("lab-sshd")
+    try:
+        if not binary.exists():
+            tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".lab-sshd-"))
+            try:
+                # Unpacked, not installed: no ssh service on the machine. Its libraries are
+                # the machine's own (libc, libssl, ...), as for the installed ssh client.
+                _run(["apt-get", "download", f"openssh-server={version}"], cwd=tmp)
+                deb = next(tmp.glob("openssh-server_*.deb"))
+                _run(["dpkg-deb", "-x", str(deb), str(tmp / "root")])
+                for old in cache_dir().glob("lab-sshd-*"):
+                    shutil.rmtree(old, ignore_errors=True)
+                (tmp / "root").rename(out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        os.close(fd)
+    return binary
