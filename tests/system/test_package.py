@@ -92,6 +92,13 @@ def assert_proxy_inside_the_namespace(container: Container, name: str, port: int
     assert egress.returncode == 97 and "(3)" in egress.stderr, egress.stderr  # REP 3
     pid = container.run(f"systemctl show -P MainPID tsproxy-socks@{name}.service").stdout.strip()
     assert container.run(f"ip netns identify {pid}").stdout.strip() == f"ts-{name}"
+    # The host itself has no other way in: no route through the veth but its own /30, so a
+    # tailnet address (here the namespace's own tailscale0 range) is never sent there.
+    routes = json.loads(container.run(f"ip -4 -j route show table main dev ts-{name}").stdout)
+    assert len(routes) == 1 and routes[0]["dst"].endswith("/30"), routes
+    for tailnet_address in ("100.64.0.2", "100.100.100.100", "fd7a:115c:a1e0::2"):
+        route = container.run(f"ip route get {tailnet_address}", check=False).stdout
+        assert f"dev ts-{name}" not in route, route
     # One journal line per connection, with the destination and the outcome.
     wait_for(lambda: "127.0.0.1." in container.run(
         f"journalctl -b -u tsproxy-socks@{name} --no-pager -o cat").stdout,
