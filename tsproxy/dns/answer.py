@@ -45,6 +45,7 @@ BADVERS = 16  # an extended RCODE: its upper 8 bits travel in the OPT record
 Q = dnslib.QTYPE
 CLASS_IN = 1
 
+
 class Responder:
     """Answers for ``zones``: :meth:`answer_now` when the fast path can, :meth:`answer` always."""
 
@@ -165,6 +166,7 @@ class Responder:
         reply.header.rcode = rcode
         reply.add_auth(soa(apex, NEGATIVE_TTL))
 
+
 def malformed(labels: tuple[bytes, ...]) -> bool:
     """Over RFC 1035's sizes (which dnslib's parser lets through and its packer refuses)."""
     return any(len(label) > MAX_LABEL for label in labels) or \
@@ -174,6 +176,7 @@ def malformed(labels: tuple[bytes, ...]) -> bool:
 def soa(apex: Apex, ttl: int = NEGATIVE_TTL) -> dnslib.RR:
     return dnslib.RR(apex.name + ".", Q.SOA, ttl=ttl,
                      rdata=dnslib.SOA(apex.name + ".", f"hostmaster.{apex.name}.", SOA_TIMERS))
+
 
 def error_reply(query: bytes, rcode: int) -> bytes:
     """A header-only reply: the query's id and opcode, RD and CD copied, no records."""
