@@ -25,10 +25,9 @@ sys.path.insert(0, str(HERE.parent / "system"))
 
 import gateway  # noqa: E402
 import images  # noqa: E402
+import labtools  # noqa: E402
 from nspawn import Container  # noqa: E402
 from world import TS_ENV, World, running_world, wait_for  # noqa: E402
-
-import tools  # noqa: E402
 
 PORT = 11080
 AUTHKEY_FILE = "/etc/tsproxy.d/fgpu.key"
@@ -82,7 +81,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         pytest.skip("the lab needs root")
     started = time.monotonic()
     workdir = tmp_path_factory.mktemp("lab")
-    tailscale_deb = tools.tailscale_deb(workdir)
+    tailscale_deb = labtools.tailscale_deb(workdir)
     image = images.ensure_base_image(suite="bookworm")
     with running_world(workdir / "world") as world, Container.from_image(image) as gw:
         lab = Lab(world, gw)

@@ -54,11 +54,56 @@ def tailscale_binaries() -> tuple[Path, Path]:
     return bindir / "tailscaled", bindir / "tailscale"
 
 
+# testcontrol's RequireAuthKey refuses every RegisterRequest without the key, also that of
+# a node key it already knows; a tailscaled re-registers that way each time it starts, so a
+# restarted fgpu node would stay logged out ("invalid authkey"), which Tailscale's own
+# control never does to a registered node. The lab builds a copy of the module's
+# testcontrol.go with this one change (Go refuses overlays of module-cache files, and the
+# cache is left as it is): a known node key registers again without the key, an unknown
+# one still needs it.
+TESTCONTROL = "tailscale.com/tstest/integration/testcontrol"
+AUTHKEY_CHECK = ("if s.RequireAuthKey != \"\" && (req.Auth == nil || req.Auth.AuthKey != s.RequireAuthKey) {")
+AUTHKEY_CHECK_LAB = ("if s.RequireAuthKey != \"\" && (req.Auth == nil || req.Auth.AuthKey != s.RequireAuthKey)"
+                     " && !s.labKnownNode(req.NodeKey) {")
+LAB_KNOWN_NODE = """
+// labKnownNode: added by tsproxy's lab (tests/lab/labtools.py), see there.
+func (s *Server) labKnownNode(k key.NodePublic) bool {
+\ts.mu.Lock()
+\tdefer s.mu.Unlock()
+\t_, ok := s.nodes[k]
+\treturn ok
+}
+"""
+
+
+def _build_tree(src: Path, workdir: Path) -> Path:
+    """tests/lab/controlplane with testcontrol as a patched package of its own module."""
+    go = os.environ.get("GO", "go")
+    _run([go, "mod", "download", "tailscale.com"], cwd=src)
+    moddir = Path(_run([go, "list", "-m", "-f", "{{.Dir}}", "tailscale.com"], cwd=src).strip())
+    original = moddir / "tstest/integration/testcontrol/testcontrol.go"
+    text = original.read_text()
+    if text.count(AUTHKEY_CHECK) != 1:
+        raise RuntimeError(f"{original}: the auth key check to patch is not there once: "
+                           "update tests/lab/labtools.py for this tailscale.com version")
+    tree = workdir / "src"
+    (tree / "testcontrol").mkdir(parents=True)
+    (tree / "testcontrol/testcontrol.go").write_text(text.replace(AUTHKEY_CHECK, AUTHKEY_CHECK_LAB) + LAB_KNOWN_NODE)
+    for name in ("go.mod", "go.sum"):
+        shutil.copy(src / name, tree / name)
+    main = (src / "main.go").read_text()
+    if main.count(f'"{TESTCONTROL}"') != 1:
+        raise RuntimeError(f"{src}/main.go: no import of {TESTCONTROL}")
+    (tree / "main.go").write_text(main.replace(f'"{TESTCONTROL}"', '"tsproxy.test/lab/controlplane/testcontrol"'))
+    return tree
+
+
 def controlplane() -> Path:
     src = HERE / "controlplane"
     digest = hashlib.sha256()
     for name in ("go.mod", "go.sum", "main.go"):
         digest.update((src / name).read_bytes())
+    digest.update((AUTHKEY_CHECK_LAB + LAB_KNOWN_NODE).encode())
     out = cache_dir() / f"lab-controlplane-{digest.hexdigest()[:12]}" / "controlplane"
     if out.exists():
         return out
@@ -67,7 +112,9 @@ def controlplane() -> Path:
         if not out.exists():
             tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".lab-controlplane-"))
             try:
-                _run([os.environ.get("GO", "go"), "build", "-o", str(tmp / "controlplane"), "."], cwd=src)
+                tree = _build_tree(src, tmp)
+                _run([os.environ.get("GO", "go"), "build", "-o", str(tmp / "controlplane"), "."], cwd=tree)
+                shutil.rmtree(tree)
                 for old in cache_dir().glob("lab-controlplane-*"):
                     shutil.rmtree(old, ignore_errors=True)
                 tmp.rename(out.parent)

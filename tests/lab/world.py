@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tools
+import labtools
 
 WORLD_IP = "203.0.113.1"  # TEST-NET-3: exists only in the world namespace
 LINKS = {"gw": 1, "mac": 2, "mac2": 3, "web": 4, "ssh": 5}
@@ -159,7 +159,7 @@ class World:
         self.dir = workdir
         self.id = uuid.uuid4().hex[:6]
         self.world_ns = f"tslab-{self.id}-world"
-        self.tailscaled, self.tailscale = tools.tailscale_binaries()
+        self.tailscaled, self.tailscale = labtools.tailscale_binaries()
         self.nodes: dict[str, Node] = {}
         self.state: dict[str, Any] = {}
         self.harness: subprocess.Popen | None = None
@@ -199,7 +199,7 @@ class World:
         state_file = self.dir / "controlplane.json"
         log = (self.dir / "controlplane.log").open("ab")
         self.harness = subprocess.Popen(
-            ["ip", "netns", "exec", self.world_ns, str(tools.controlplane()), "-addr", WORLD_IP,
+            ["ip", "netns", "exec", self.world_ns, str(labtools.controlplane()), "-addr", WORLD_IP,
              "-state", str(state_file)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: state_file.exists() or self.harness.poll() is not None, 60, what="the control plane")
@@ -220,7 +220,7 @@ class World:
         (web.dir / "www/index.html").write_text(WEB_PAGE)
         web.spawn("http", f"exec /usr/bin/python3 -m http.server -d {web.dir}/www 3000")
         ssh = self.nodes["ssh"]
-        sshd, key = tools.sshd(), ssh.dir / "client_key"
+        sshd, key = labtools.sshd(), ssh.dir / "client_key"
         sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh.dir / "host_key")])
         sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])
         (ssh.dir / "sshd_config").write_text(

@@ -14,6 +14,8 @@
 //     AuthURL, and fetching that URL (GET /auth/...) marks it done, as a person
 //     clicking through the login page would. CompleteAuth is what tests call.
 //   - tailnet "fgpu" (port 8002) requires an auth key: a wrong or missing key is refused.
+//     (tests/lab/labtools.py builds this with testcontrol patched so that a node key it
+//     already knows registers again without the key, as a restarted tailscaled does.)
 //
 // Both have MagicDNS on (DNSConfig.Proxied) under their own domain, and both hand
 // out 100.64.0.N in join order: the lab relies on their addresses overlapping.
