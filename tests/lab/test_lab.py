@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PORT, Lab
+from lab import PORT, Lab
 from world import WEB_PAGE, Node, wait_for
 
 CHROMIUM = "/usr/bin/chromium"

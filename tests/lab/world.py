@@ -48,6 +48,24 @@ TS_ENV = {
 }
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM the process group `proc` leads, SIGKILL what is left after `timeout`, and
+    return only once no process of the group is left (not just its leader)."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                proc.wait()
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"process group {proc.pid} survived SIGKILL")
+
+
 def sh(cmd: list[str] | str, check: bool = True, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess:
     argv = ["sh", "-c", cmd] if isinstance(cmd, str) else cmd
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
@@ -143,14 +161,7 @@ class Node:
 
     def stop(self) -> None:
         for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
         self.procs.clear()
 
 
@@ -258,13 +269,7 @@ class World:
         for node in self.nodes.values():
             node.stop()
         if self.harness is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.harness.pid, signal.SIGTERM)
-            try:
-                self.harness.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.harness.pid, signal.SIGKILL)
-                self.harness.wait()
+            stop_group(self.harness)
         for ns in reversed(self.namespaces):
             sh(["ip", "netns", "del", ns], check=False)
         self.namespaces.clear()
