@@ -98,8 +98,20 @@ def _build_tree(src: Path, workdir: Path) -> Path:
     return tree
 
 
+def _tailscale_version(gomod: Path) -> str:
+    for line in gomod.read_text().splitlines():
+        words = line.replace("require", "").split()
+        if len(words) >= 2 and words[0] == "tailscale.com":
+            return words[1]
+    raise RuntimeError(f"{gomod}: no tailscale.com requirement")
+
+
 def controlplane() -> Path:
     src = HERE / "controlplane"
+    # testcontrol panics on clients of another version: one pin for both builds.
+    ours, theirs = _tailscale_version(src / "go.mod"), _tailscale_version(REPO / "tests/tailscale/go.mod")
+    if ours != theirs:
+        raise RuntimeError(f"tests/lab/controlplane pins tailscale.com {ours}, tests/tailscale {theirs}")
     digest = hashlib.sha256()
     for name in ("go.mod", "go.sum", "main.go"):
         digest.update((src / name).read_bytes())
