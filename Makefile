@@ -28,7 +28,7 @@ $(DEB): $(shell git ls-files 2>/dev/null) | deps
 	@echo "built $(DEB)"
 
 demo: deps deb
-	$(PYTHON) tests/demo.py $(DEB)
+	$(PYTHON) tests/demo.py
 
 bench: deps deb
 	tools/bench-generator
