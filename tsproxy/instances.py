@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tsproxy_generator.config import ConfigError, TailnetConf, conf_paths, load_all
+from tsproxy_generator.config import ConfigError, TailnetConf, conf_paths, instance_name, load_all
 from tsproxy_generator.paths import CONF_DIR
 
 from .errors import TsproxyError
@@ -30,3 +30,16 @@ def get_instance(name: str) -> TailnetConf:
             raise TsproxyError(str(error))
     path = os.path.join(conf_dir(), f"{name}.conf")
     raise TsproxyError(f"no instance {name!r}: {path} does not exist")
+
+
+def checked_name(name: str) -> str:
+    """NAME as given on a command line, when it could be an instance's: it becomes
+    interface, namespace, unit and path names, so "../x" or "x.conf" never pass."""
+    try:
+        valid = instance_name(f"{name}.conf") == name
+    except ConfigError as error:
+        raise TsproxyError(error.message) from None
+    if not valid:
+        raise TsproxyError(f'instance name "{name}" must be 1-12 of a-z, 0-9 and -, '
+                           "starting with a letter")
+    return name

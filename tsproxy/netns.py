@@ -36,10 +36,10 @@ COMMAND_TIMEOUT = 10
 PACKAGES = {"ip": "iproute2", "nft": "nftables"}
 
 
-def require_root(command: str) -> None:
+def require_root(command: str,
+                 why: str = "it changes network namespaces, interfaces and nftables") -> None:
     if os.geteuid() != 0:
-        raise TsproxyError(f"tsproxy {command} must run as root: it changes network namespaces, "
-                           "interfaces and nftables")
+        raise TsproxyError(f"tsproxy {command} must run as root: {why}")
 
 
 def tailscaled_path() -> str:

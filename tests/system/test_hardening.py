@@ -17,7 +17,7 @@ pytestmark = pytest.mark.system
 # Goal of issue 6: <= 3.5 for the proxy and the DNS responder. tailscaled needs root's
 # network powers; its bound keeps what its unit has from sliding back.
 MAX_EXPOSURE = {"tsproxy-socks@fgpu.service": 3.5, "tsproxy-dns.service": 3.5,
-                "tsproxy-tailscaled@fgpu.service": 3.5}
+                "tsproxy-tailscaled@fgpu.service": 3.5, "tsproxy-watch@fgpu.service": 3.5}
 
 CAP_SYS_RESOURCE = 1 << 24
 CAP_NET_ADMIN, CAP_NET_RAW = 1 << 12, 1 << 13
@@ -102,6 +102,7 @@ def test_units_are_sandboxed_and_still_work(booted_debian: Container, tailscale_
     assert_sandboxed(c, "tsproxy-socks@fgpu.service", CAP_SYS_RESOURCE)
     assert_sandboxed(c, "tsproxy-dns.service", 0)
     assert_sandboxed(c, "tsproxy-tailscaled@fgpu.service", CAP_NET_ADMIN | CAP_NET_RAW)
+    assert_sandboxed(c, "tsproxy-watch@fgpu.service", CAP_NET_ADMIN)
     # Nothing of the host's users' files, even for root.
     pid = main_pid(c, "tsproxy-socks@fgpu.service")
     assert c.run(f"nsenter -t {pid} -m cat /home/alice/file", check=False).returncode != 0

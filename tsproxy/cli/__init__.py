@@ -13,6 +13,8 @@ COMMANDS = {
     "check": "validate every conf, with the generator's messages",
     "up": "set up an instance's namespace, veth and nftables (run by tsproxy@NAME)",
     "down": "remove what `up` made (run by tsproxy@NAME on stop)",
+    "watch": "restart an instance whose namespace or nft table went away (run by "
+             "tsproxy-watch@NAME)",
     "login": "log an instance's tailscaled in to its tailnet",
     "proxy": "serve the proxy socket of an instance (run by tsproxy-socks@NAME)",
     "client": "print ready-to-paste setup for client machines (DNS, PAC, ssh, shell)",
