@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tsproxy_generator.config import ConfigError, TailnetConf, conf_paths, instance_name, load_all
-from tsproxy_generator.paths import CONF_DIR
+from tsproxy_generator.paths import CONF_DIR, RUN_DIR
 
 from .errors import TsproxyError
 
@@ -13,6 +13,15 @@ from .errors import TsproxyError
 def conf_dir() -> str:
     # Tests point this at a temporary directory; installed systems never set it.
     return os.environ.get("TSPROXY_CONF_DIR", CONF_DIR)
+
+
+def run_dir() -> str:
+    # Likewise for the tailscaled sockets, RUN_DIR/NAME/tailscaled.sock.
+    return os.environ.get("TSPROXY_RUN_DIR", RUN_DIR)
+
+
+def tailscaled_socket(name: str) -> str:
+    return os.path.join(run_dir(), name, "tailscaled.sock")
 
 
 def load_instances() -> tuple[list[TailnetConf], list[ConfigError]]:

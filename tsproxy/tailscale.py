@@ -10,6 +10,7 @@ from tsproxy_generator import paths
 from tsproxy_generator.config import TailnetConf
 
 from .errors import TsproxyError
+from .instances import tailscaled_socket
 
 
 def cli(conf: TailnetConf) -> list[str]:
@@ -17,7 +18,7 @@ def cli(conf: TailnetConf) -> list[str]:
     binary = os.environ.get("TSPROXY_TAILSCALE", paths.TAILSCALE)
     if not os.path.exists(binary):
         raise TsproxyError(f"{binary} not found: install the tailscale package")
-    socket = paths.tailscaled_socket(conf.name)
+    socket = tailscaled_socket(conf.name)
     if not os.path.exists(socket):
         raise TsproxyError(f"{conf.name}: tailscaled is not running ({socket} is missing); "
                            f"start it with: systemctl start tsproxy@{conf.name}")

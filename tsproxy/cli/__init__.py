@@ -11,11 +11,14 @@ from ..errors import TsproxyError
 # Imported on demand so `tsproxy check` never pays for what `tsproxy proxy` needs.
 COMMANDS = {
     "check": "validate every conf, with the generator's messages",
+    "list": "list the confs: generated into units, started at boot, running",
+    "status": "show every instance's units, tailnet, peers and traffic; exit 0 when healthy",
     "up": "set up an instance's namespace, veth and nftables (run by tsproxy@NAME)",
     "down": "remove what `up` made (run by tsproxy@NAME on stop)",
     "watch": "restart an instance whose namespace or nft table went away (run by "
              "tsproxy-watch@NAME)",
     "login": "log an instance's tailscaled in to its tailnet",
+    "logout": "log an instance's tailscaled out of its tailnet",
     "proxy": "serve the proxy socket of an instance (run by tsproxy-socks@NAME)",
     "client": "print ready-to-paste setup for client machines (DNS, PAC, ssh, shell)",
     "dns": "answer every instance's DNS names (run by tsproxy-dns.service)",

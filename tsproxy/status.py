@@ -1,0 +1,177 @@
+"""What `tsproxy status` reports for each instance, gathered from systemd, the instance's
+tailscaled (LocalAPI status) and the proxy's counters, and judged healthy or not.
+
+Reading needs no root: unit states, the LocalAPI's status and stats.json are open to every
+user. Every tailscaled is asked at once, each for at most TIMEOUT seconds, so a wedged one
+costs the whole command that long and no more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tsproxy_generator.config import TailnetConf
+
+from . import systemd
+from .instances import tailscaled_socket
+from .localapi import LocalAPI, LocalAPIError
+from .netns import tailscaled_path
+
+TIMEOUT = 3.0
+DNS_SOCKET, DNS_SERVICE = "tsproxy-dns.socket", "tsproxy-dns.service"
+
+
+def stats_dir() -> str:
+    # Tests point this at a temporary directory; installed systems never set it.
+    return os.environ.get("TSPROXY_STATS_DIR", "/run/tsproxy-socks")
+
+
+def units_of(name: str) -> dict[str, str]:
+    """The instance's units by role (the DNS pair is every instance's)."""
+    return {"instance": f"tsproxy@{name}.service",
+            "tailscaled": f"tsproxy-tailscaled@{name}.service",
+            "proxy_socket": f"tsproxy-socks@{name}.socket",
+            "proxy": f"tsproxy-socks@{name}.service",
+            "watch": f"tsproxy-watch@{name}.service",
+            "dns_socket": DNS_SOCKET, "dns": DNS_SERVICE}
+
+
+@dataclass
+class Status:
+    name: str
+    healthy: bool = False
+    problem: str | None = None  # the first thing wrong, with what to do about it
+    conf_error: str | None = None
+    units: dict[str, str] = field(default_factory=dict)  # role -> ActiveState (SubState)
+    backend_state: str | None = None
+    tailnet: str | None = None
+    ips: list[str] = field(default_factory=list)
+    peers_online: int | None = None
+    peers_total: int | None = None
+    key_expiry: str | None = None  # RFC 3339 from tailscaled; None: never expires/unknown
+    listen: str | None = None
+    dns_listen: str | None = None
+    connections: int | None = None  # open now, from stats.json
+    connections_total: int | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    health: list[str] = field(default_factory=list)  # tailscaled's own health warnings
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gather(good: list[TailnetConf], bad: dict[str, str]) -> list[Status]:
+    """Status of the good confs and of the bad ones (by name -> error), sorted by name."""
+    names = sorted([conf.name for conf in good] + list(bad))
+    if not names:
+        return []
+    states = systemd.show([unit for name in names for unit in units_of(name).values()
+                           if unit not in (DNS_SOCKET, DNS_SERVICE)] + [DNS_SOCKET, DNS_SERVICE])
+    answers = asyncio.run(_ask_all([conf.name for conf in good]))
+    by_name = {conf.name: conf for conf in good}
+    result = []
+    for name in names:
+        status = Status(name, conf_error=bad.get(name))
+        status.units = {role: _state(states[unit]) for role, unit in units_of(name).items()}
+        conf = by_name.get(name)
+        if conf is not None:
+            status.listen = str(conf.listen)
+            status.dns_listen = str(conf.dns_listen) if conf.dns_listen else None
+            _read_tailscaled(status, answers[name])
+            _read_stats(status)
+        status.problem = judge(status, states, name)
+        status.healthy = status.problem is None
+        result.append(status)
+    return result
+
+
+def _state(properties: dict[str, str]) -> str:
+    active, sub = properties.get("ActiveState", "?"), properties.get("SubState", "?")
+    if properties.get("LoadState") == "not-found":
+        return "not-found"
+    plain = (active, "exited", "running", "listening", "dead")
+    return active if sub in plain else f"{active} ({sub})"
+
+
+async def _ask_all(names: list[str]) -> dict[str, dict[str, Any] | str]:
+    async def ask(name: str) -> dict[str, Any] | str:
+        api = LocalAPI(tailscaled_socket(name), timeout=TIMEOUT)
+        try:
+            return await api.status()
+        except LocalAPIError as error:
+            return str(error)
+
+    answers = await asyncio.gather(*(ask(name) for name in names))
+    return dict(zip(names, answers, strict=True))
+
+
+def _read_tailscaled(status: Status, answer: dict[str, Any] | str) -> None:
+    if isinstance(answer, str):
+        status.health = [answer]
+        return
+    status.backend_state = str(answer.get("BackendState") or "?")
+    tailnet = answer.get("CurrentTailnet") or {}
+    status.tailnet = tailnet.get("Name") or answer.get("MagicDNSSuffix") or None
+    status.ips = [str(ip) for ip in answer.get("TailscaleIPs") or []]
+    peers = list((answer.get("Peer") or {}).values())
+    status.peers_total = len(peers)
+    status.peers_online = sum(1 for peer in peers if peer.get("Online"))
+    expiry = (answer.get("Self") or {}).get("KeyExpiry")
+    status.key_expiry = str(expiry) if expiry else None
+    status.health = [str(line) for line in answer.get("Health") or []]
+
+
+def _read_stats(status: Status) -> None:
+    # Present only while the proxy runs (its RuntimeDirectory); absent is no error.
+    try:
+        with open(os.path.join(stats_dir(), status.name, "stats.json"), encoding="utf-8") as file:
+            stats = json.load(file)
+    except (OSError, ValueError):
+        return
+    if isinstance(stats, dict):
+        status.connections = _int(stats.get("active"))
+        status.connections_total = _int(stats.get("total"))
+        status.bytes_up = _int(stats.get("bytes_up"))
+        status.bytes_down = _int(stats.get("bytes_down"))
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str | None:
+    """The first problem, as one line saying what to run; None when healthy."""
+    units = units_of(name)
+    restart = f"systemctl restart tsproxy@{name}"
+    if status.conf_error:
+        return status.conf_error
+    if not os.access(tailscaled_path(), os.X_OK):
+        return f"{tailscaled_path()} not found: install the tailscale package"
+    instance = states[units["instance"]]
+    if instance.get("ActiveState") != "active":
+        if instance.get("ActiveState") == "failed":
+            return (f"{units['instance']} failed ({instance.get('Result')}): see journalctl "
+                    f"-u {units['instance']}, then {restart}")
+        return f"not started: systemctl start tsproxy@{name}"
+    for role in ("tailscaled", "proxy_socket", "watch"):
+        if states[units[role]].get("ActiveState") != "active":
+            return f"{units[role]} is {status.units[role]}: {restart}"
+    if states[units["proxy"]].get("ActiveState") == "failed":
+        return f"{units['proxy']} failed: see journalctl -u {units['proxy']}, then {restart}"
+    if status.dns_listen:
+        if states[DNS_SOCKET].get("ActiveState") != "active":
+            return f"{DNS_SOCKET} is {status.units['dns_socket']}: systemctl restart {DNS_SOCKET}"
+        if states[DNS_SERVICE].get("ActiveState") == "failed":
+            return f"{DNS_SERVICE} failed: systemctl restart {DNS_SERVICE}"
+    if status.backend_state is None:
+        return status.health[0] if status.health else "tailscaled did not answer"
+    if status.backend_state == "NeedsLogin":
+        return f"logged out: tsproxy login {name}"
+    if status.backend_state != "Running":
+        return f"tailscaled is {status.backend_state}"
+    return None
