@@ -16,7 +16,7 @@ from typing import Any
 
 from tsproxy_generator.config import TailnetConf
 
-from . import systemd
+from . import systemd, watch
 from .instances import tailscaled_socket
 from .localapi import LocalAPI, LocalAPIError
 from .netns import tailscaled_path
@@ -60,6 +60,11 @@ class Status:
     bytes_up: int | None = None
     bytes_down: int | None = None
     health: list[str] = field(default_factory=list)  # tailscaled's own health warnings
+    # What `up` made, while the instance runs: missing pieces the watchdog is about to repair.
+    # The nft table can only be read by root: None for other users.
+    netns: bool | None = None
+    veth: bool | None = None
+    nft_table: bool | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +89,7 @@ def gather(good: list[TailnetConf], bad: dict[str, str]) -> list[Status]:
             status.dns_listen = str(conf.dns_listen) if conf.dns_listen else None
             _read_tailscaled(status, answers[name])
             _read_stats(status)
+            _read_network(status)
         status.problem = judge(status, states, name)
         status.healthy = status.problem is None
         result.append(status)
@@ -140,6 +146,18 @@ def _read_stats(status: Status) -> None:
         status.bytes_down = _int(stats.get("bytes_down"))
 
 
+def can_read_nft() -> bool:
+    return os.geteuid() == 0  # listing nftables needs CAP_NET_ADMIN
+
+
+def _read_network(status: Status) -> None:
+    shape = watch.look(status.name, with_table=can_read_nft())
+    status.netns, status.veth = shape.netns is not None, shape.veth
+    if can_read_nft():
+        # A flushed table keeps its chains and loses its rules.
+        status.nft_table = bool(shape.table) and any(rules for _, rules in shape.table or ())
+
+
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -158,6 +176,13 @@ def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str |
             return (f"{units['instance']} failed ({instance.get('Result')}): see journalctl "
                     f"-u {units['instance']}, then {restart}")
         return f"not started: systemctl start tsproxy@{name}"
+    gone = [what for what, there in ((f"network namespace ts-{name}", status.netns),
+                                     (f"veth ts-{name}", status.veth),
+                                     (f"nft table inet tsproxy-{name}", status.nft_table))
+            if there is False]
+    if gone:
+        return (f"{', '.join(gone)} missing or flushed: {restart} "
+                f"(tsproxy-watch@{name} does it within seconds)")
     for role in ("tailscaled", "proxy_socket", "watch"):
         if states[units[role]].get("ActiveState") != "active":
             return f"{units[role]} is {status.units[role]}: {restart}"

@@ -39,7 +39,7 @@ class Shape:
     table: tuple[tuple[str, int], ...] | None  # (chain, number of rules) of the nft table
 
 
-def look(name: str) -> Shape:
+def look(name: str, with_table: bool = True) -> Shape:
     ns = netns_name(name)
     try:
         info = os.stat(os.path.join(NETNS_RUN_DIR, ns))
@@ -51,7 +51,7 @@ def look(name: str) -> Shape:
         veth = True
     except OSError:
         veth = False
-    return Shape(netns, veth, table_shape(list_table(name)))
+    return Shape(netns, veth, table_shape(list_table(name)) if with_table else None)
 
 
 def list_table(name: str) -> str | None:

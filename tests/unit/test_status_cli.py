@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tsproxy.cli import main
+from tsproxy.watch import Shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_localapi import FakeLocalAPI, make_node, make_status
@@ -58,6 +59,9 @@ def work_status() -> dict[str, object]:
     return status
 
 
+NETWORK: dict[str, Shape] = {}
+
+
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Four confs (one bad), two tailscaleds answering, fgpu's proxy counters, and a
@@ -79,6 +83,14 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
                        "TSPROXY_TAILSCALED": "/bin/true"}.items():
         monkeypatch.setenv(key, str(value))
     monkeypatch.delenv("NO_COLOR", raising=False)
+    # The namespaces, veths and nft tables of the running instances, as the watchdog sees
+    # them; a test takes pieces away through NETWORK.
+    NETWORK.clear()
+    NETWORK.update({name: Shape((4, n), True, (("forward", 6), ("input", 2)))
+                    for n, name in enumerate(("fgpu", "work"))})
+    monkeypatch.setattr("tsproxy.status.watch.look", lambda name, with_table: NETWORK.get(
+        name, Shape(None, False, None)))
+    monkeypatch.setattr("tsproxy.status.can_read_nft", lambda: True)
     with FakeLocalAPI(tmp_path / "run/fgpu/tailscaled.sock", status=fgpu_status()), \
             FakeLocalAPI(tmp_path / "run/work/tailscaled.sock", status=work_status()):
         yield tmp_path
@@ -147,6 +159,13 @@ def test_status_says_what_is_wrong(world: Path, capsys: pytest.CaptureFixture[st
     assert problem() == ("tsproxy@fgpu.service failed (exit-code): see journalctl -u "
                          "tsproxy@fgpu.service, then systemctl restart tsproxy@fgpu")
     set_unit("tsproxy@fgpu.service", ACTIVE)
+    NETWORK["fgpu"] = Shape(None, True, (("forward", 0), ("input", 0)))  # netns del, nft flush
+    assert problem() == ("network namespace ts-fgpu, nft table inet tsproxy-fgpu missing or "
+                         "flushed: systemctl restart tsproxy@fgpu (tsproxy-watch@fgpu does it "
+                         "within seconds)")
+    NETWORK["fgpu"] = Shape((4, 0), False, None)  # ip link del, nft delete table
+    assert problem().startswith("veth ts-fgpu, nft table inet tsproxy-fgpu missing or flushed")
+    NETWORK["fgpu"] = Shape((4, 0), True, (("forward", 6), ("input", 2)))
     os.unlink(world / "run/fgpu/tailscaled.sock")  # tailscaled gone, systemd not told yet
     assert problem() == "TMP/run/fgpu/tailscaled.sock: tailscaled is not running (no socket)"
     monkeypatch.setenv("TSPROXY_TAILSCALED", str(world / "no-such-tailscaled"))

@@ -1,0 +1,128 @@
+"""Operating an instance in a booted Debian 12 and 13: `tsproxy status`, `list` and `logout`
+on the real units, after start, after tailscaled crashes or is stopped, after `ip netns del`
+and `nft delete table`, each followed by the instance healing (by itself, or by the one
+command status names)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway import HOST_TS_IP, bring_up_network, install
+from nspawn import Container, wait_for
+
+pytestmark = pytest.mark.system
+
+HEAL_WITHIN = 10.0
+CONFS = {"fgpu.conf": f"listen = {HOST_TS_IP}:11080\n",
+         "lab.conf": f"listen = {HOST_TS_IP}:11082\nautostart = no\n"}
+ALL_UP = {"instance": "active", "tailscaled": "active", "proxy_socket": "active",
+          "watch": "active", "dns_socket": "active"}
+
+
+def status(c: Container, *names: str, user: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+    command = ["tsproxy", "status", "--json", *names]
+    if user:
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+    done = c.run(command, check=False)
+    assert done.stderr == "", done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def fgpu(c: Container) -> dict[str, Any]:
+    return status(c, "fgpu")[1][0]
+
+
+def as_after_start(c: Container) -> bool:
+    """fgpu as it is after a start with no login: every unit up, tailscaled answering
+    NeedsLogin, so unhealthy for one reason only."""
+    row = fgpu(c)
+    return ({k: row["units"][k] for k in ALL_UP} == ALL_UP
+            and row["backend_state"] == "NeedsLogin"
+            and row["problem"] == "logged out: tsproxy login fgpu")
+
+
+def test_status_list_logout(booted_debian: Container, tailscale_deb: Path) -> None:
+    c = booted_debian
+    bring_up_network(c)
+    install(c, tailscale_deb, CONFS)
+    c.run("systemctl daemon-reload && systemctl start tsproxy@fgpu")
+
+    # list: both confs generated, fgpu starts at boot and runs, lab neither.
+    rows = {r["name"]: r for r in json.loads(c.run("tsproxy list --json").stdout)}
+    assert {n: (r["generated"], r["autostart"], r["state"]) for n, r in rows.items()} == {
+        "fgpu": ("yes", True, "active"), "lab": ("yes", False, "inactive")}
+    assert c.run("tsproxy list").stdout.splitlines()[0].split() == [
+        "NAME", "GENERATED", "AUTOSTART", "STATE", "CONF"]
+
+    # After start: unhealthy only for want of a login; exit status 3; the same for any user.
+    wait_for(lambda: as_after_start(c), what=f"status after start (now: {fgpu(c)})")
+    code, rows_ = status(c)
+    assert code == 3 and [r["name"] for r in rows_] == ["fgpu", "lab"]
+    assert rows_[1]["problem"] == "not started: systemctl start tsproxy@lab"
+    assert status(c, "fgpu", user="65534")[1][0]["backend_state"] == "NeedsLogin"
+    table = c.run("tsproxy status fgpu", check=False)
+    assert table.returncode == 3 and "\033[" not in table.stdout  # no terminal, no colour
+    assert table.stdout.splitlines()[1].split()[:9] == [
+        "fgpu", "UNHEALTHY", "up", "up", "up", "-", "up", "up", "NeedsLogin"]
+    # The proxy's counters show once it has served a connection.
+    c.run(f"curl -sS -m 5 -x socks5h://{HOST_TS_IP}:11080 http://127.0.0.1.fgpu/", check=False)
+    wait_for(lambda: (fgpu(c)["connections_total"] or 0) >= 1, what="the proxy's counters")
+
+    # tailscaled crashes: status says so, and systemd restarts it.
+    c.run("systemctl kill -s KILL tsproxy-tailscaled@fgpu")
+    row = fgpu(c)
+    assert row["problem"] != "logged out: tsproxy login fgpu", row
+    wait_for(lambda: as_after_start(c), timeout=HEAL_WITHIN,
+             what=f"tailscaled back after a crash (now: {fgpu(c)})")
+
+    # tailscaled stopped by hand: no restart on its own; status names the repair.
+    c.run("systemctl stop tsproxy-tailscaled@fgpu")
+    row = fgpu(c)
+    assert row["units"]["tailscaled"] == "inactive"
+    assert row["problem"] == ("tsproxy-tailscaled@fgpu.service is inactive: "
+                              "systemctl restart tsproxy@fgpu"), row
+    c.run("systemctl restart tsproxy@fgpu")
+    wait_for(lambda: as_after_start(c), timeout=HEAL_WITHIN,
+             what=f"healed by the named command (now: {fgpu(c)})")
+
+    # The namespace or the nft table deleted by hand: back by itself.
+    for break_it, gone in (("ip netns del ts-fgpu", "network namespace ts-fgpu"),
+                           ("nft delete table inet tsproxy-fgpu", "nft table inet tsproxy-fgpu")):
+        invocation = c.run("systemctl show -P InvocationID tsproxy@fgpu").stdout
+        c.run(break_it)
+        row = fgpu(c)
+        # Unless the watchdog was quicker than this status (it looks every 2 s), status
+        # names what is gone and the repair.
+        if c.run("systemctl show -P InvocationID tsproxy@fgpu").stdout == invocation:
+            assert row["problem"] == (f"{gone} missing or flushed: systemctl restart "
+                                      "tsproxy@fgpu (tsproxy-watch@fgpu does it within seconds)")
+        wait_for(lambda invocation=invocation: c.run(
+            "systemctl show -P InvocationID tsproxy@fgpu").stdout != invocation and
+            as_after_start(c), timeout=HEAL_WITHIN,
+            what=f"status after {break_it} (now: {fgpu(c)})")
+        row = fgpu(c)
+        assert (row["netns"], row["veth"], row["nft_table"]) == (True, True, True)
+
+    # logout: root only, one line either way, never a traceback.
+    refused = c.run("setpriv --reuid=65534 --regid=65534 --clear-groups tsproxy logout fgpu",
+                    check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1, "tsproxy: tsproxy logout must run as root: only root may change tailscaled's login\n")
+    done = c.run("tsproxy logout fgpu", check=False)
+    assert "Traceback" not in done.stderr
+    if done.returncode == 0:
+        assert done.stdout == "fgpu: logged out; log in again with: tsproxy login fgpu\n"
+    else:
+        assert done.stderr.startswith("tsproxy: fgpu: tailscale logout failed: ")
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+    missing = c.run("tsproxy logout nope", check=False)
+    assert (missing.returncode, missing.stderr) == (
+        1, "tsproxy: no instance 'nope': /etc/tsproxy.d/nope.conf does not exist\n")
+    c.run("systemctl stop tsproxy@lab")
+    stopped = c.run("tsproxy logout lab", check=False)
+    assert (stopped.returncode, stopped.stderr) == (
+        1, "tsproxy: lab: tailscaled is not running (/run/tsproxy/lab/tailscaled.sock is "
+           "missing); start it with: systemctl start tsproxy@lab\n")
