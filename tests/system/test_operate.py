@@ -50,6 +50,10 @@ def test_status_list_logout(booted_debian: Container, tailscale_deb: Path) -> No
     install(c, tailscale_deb, CONFS)
     c.run("systemctl daemon-reload && systemctl start tsproxy@fgpu")
 
+    # The package's bash completion is where bash-completion looks, and defines the command's.
+    assert c.run("bash -c '. /usr/share/bash-completion/completions/tsproxy && "
+                 "complete -p tsproxy'").stdout.strip() == "complete -F _tsproxy tsproxy"
+
     # list: both confs generated, fgpu starts at boot and runs, lab neither.
     rows = {r["name"]: r for r in json.loads(c.run("tsproxy list --json").stdout)}
     assert {n: (r["generated"], r["autostart"], r["state"]) for n, r in rows.items()} == {
