@@ -130,3 +130,66 @@ def test_status_list_logout(booted_debian: Container, tailscale_deb: Path) -> No
     assert (stopped.returncode, stopped.stderr) == (
         1, "tsproxy: lab: tailscaled is not running (/run/tsproxy/lab/tailscaled.sock is "
            "missing); start it with: systemctl start tsproxy@lab\n")
+
+
+def fails(output: str) -> dict[str, str]:
+    """doctor's FAIL lines: check -> the fix line under it."""
+    lines = output.splitlines()
+    return {line.split(": ", 2)[1]: lines[i + 1].strip()
+            for i, line in enumerate(lines) if line.startswith("FAIL")}
+
+
+def test_doctor(booted_debian: Container, tailscale_deb: Path) -> None:
+    c = booted_debian
+    bring_up_network(c)
+    install(c, tailscale_deb, CONFS)
+    c.run("systemctl daemon-reload && systemctl start tsproxy@fgpu")
+    wait_for(lambda: as_after_start(c), what=f"fgpu up (now: {fgpu(c)})")
+    login = {"tailscaled logged in": "fix: tsproxy login fgpu  (not run by --fix)"}
+
+    # Up but not logged in: that is all doctor finds, and --fix leaves it to the user.
+    done = c.run("tsproxy doctor", check=False)
+    assert done.returncode == 3 and fails(done.stdout) == login, done.stdout
+    for check in ("conf valid", "generator output present and current", "netns present",
+                  "veth, addresses and route", "nft table whole", "tailscaled running",
+                  "proxy socket bound", "DNS answers an IP-embedded name",
+                  "watchdog running"):
+        assert f"ok    fgpu: {check}\n" in done.stdout, (check, done.stdout)
+    assert "ok    lab: instance started" in done.stdout  # autostart = no: stopped on purpose
+    assert "ok    host: resolv.conf untouched" in done.stdout
+
+    # Break what the watchdog does not watch; doctor names each and its fix.
+    state_before = set(c.run("ls -A /var/lib/tsproxy/fgpu").stdout.split())
+    assert "tailscaled.state" in state_before
+    c.run("ip -n ts-fgpu route del default")
+    c.run("systemctl stop tsproxy-dns.socket tsproxy-dns.service tsproxy-socks@fgpu.socket")
+    c.run("sleep 0.01; touch /etc/tsproxy.d/fgpu.conf")  # changed since the last daemon-reload
+    done = c.run("tsproxy doctor fgpu", check=False)
+    assert done.returncode == 3
+    assert fails(done.stdout) == {
+        "generator output present and current": "fix: systemctl daemon-reload",
+        "veth, addresses and route": "fix: systemctl restart tsproxy@fgpu",
+        "proxy socket bound": "fix: systemctl restart tsproxy-socks@fgpu.socket",
+        "DNS answers an IP-embedded name":
+            "fix: systemctl restart tsproxy-dns.socket tsproxy-dns.service",
+        **login}, done.stdout
+    assert "FAIL  fgpu: veth, addresses and route: ts-fgpu has no default route via" in done.stdout
+
+    # --fix runs the safe ones and checks again: only the login is left, no state deleted.
+    done = c.run("tsproxy doctor --fix fgpu", check=False)
+    assert done.returncode == 3, done.stdout
+    before, after = done.stdout.split("after the fixes:\n")
+    assert "fixing: systemctl daemon-reload" in before
+    assert "fixing: systemctl restart tsproxy@fgpu" in before
+    assert fails(after) == login, after
+    assert state_before <= set(c.run("ls -A /var/lib/tsproxy/fgpu").stdout.split())
+    assert c.run("ip -n ts-fgpu route show default").stdout.startswith("default via")
+
+    # Refusals: one line each, never a traceback.
+    refused = c.run("setpriv --reuid=65534 --regid=65534 --clear-groups tsproxy doctor",
+                    check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1, "tsproxy: tsproxy doctor must run as root: it reads nftables and every namespace\n")
+    missing = c.run("tsproxy doctor nope", check=False)
+    assert (missing.returncode, missing.stderr) == (
+        1, "tsproxy: no instance 'nope': /etc/tsproxy.d/nope.conf does not exist\n")

@@ -11,6 +11,8 @@ from ..errors import TsproxyError
 # Imported on demand so `tsproxy check` never pays for what `tsproxy proxy` needs.
 COMMANDS = {
     "check": "validate every conf, with the generator's messages",
+    "doctor": "check every piece of the instances, say how to fix each failure; --fix "
+              "runs the safe fixes",
     "list": "list the confs: generated into units, started at boot, running",
     "status": "show every instance's units, tailnet, peers and traffic; exit 0 when healthy",
     "up": "set up an instance's namespace, veth and nftables (run by tsproxy@NAME)",
