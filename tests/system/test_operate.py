@@ -115,6 +115,10 @@ def test_status_list_logout(booted_debian: Container, tailscale_deb: Path) -> No
                     check=False)
     assert (refused.returncode, refused.stderr) == (
         1, "tsproxy: tsproxy logout must run as root: only root may change tailscaled's login\n")
+    refused = c.run("setpriv --reuid=65534 --regid=65534 --clear-groups tsproxy login fgpu",
+                    check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1, "tsproxy: tsproxy login must run as root: only root may change tailscaled's login\n")
     done = c.run("tsproxy logout fgpu", check=False)
     assert "Traceback" not in done.stderr
     if done.returncode == 0:

@@ -8,6 +8,7 @@ import sys
 
 from ..errors import TsproxyError
 from ..instances import get_instance
+from ..netns import require_root
 from ..tailscale import backend_state, cli, pref_flags, up_flags
 
 
@@ -25,6 +26,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     conf = get_instance(args.name)
+    # tailscaled lets only root (or its operator) change its state.
+    require_root("login", "only root may change tailscaled's login")
     authkey_file = args.authkey_file or conf.authkey_file
     tailscale = cli(conf)
     if args.unattended:
