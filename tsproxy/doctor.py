@@ -19,7 +19,7 @@ import dnslib  # type: ignore[import-untyped]
 from tsproxy_generator.config import TailnetConf
 from tsproxy_generator.paths import NETNS_ETC_DIR
 
-from .netns import HOST_RESOLV_CONF, NS_IFNAME
+from .netns import HOST_RESOLV_CONF, NS_IFNAME, tailscaled_path
 from .status import Status
 
 DNS_TIMEOUT = 2.0
@@ -98,6 +98,14 @@ def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
 
 
 def host_findings() -> list[Finding]:
+    installed = os.access(tailscaled_path(), os.X_OK)
+    found = [Finding("host", "tailscaled installed", None) if installed else
+             Finding("host", "tailscaled installed", f"{tailscaled_path()} not found",
+                     "apt install tailscale")]
+    return found + _resolv_conf_findings()
+
+
+def _resolv_conf_findings() -> list[Finding]:
     """tsproxy never touches the host's resolv.conf; a copy of a namespace's in its place
     would send the host's own lookups to the uplink's resolvers only."""
     try:

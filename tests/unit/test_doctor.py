@@ -63,3 +63,12 @@ def test_conf_findings() -> None:
         (True, None, False), (False, "systemctl daemon-reload", True)]
     assert stale[1].problem == "generated units are older than the conf"
     assert all(f.ok for f in doctor.conf_findings("fgpu", None, "yes"))
+
+
+def test_host_findings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TSPROXY_TAILSCALED", "/bin/true")
+    assert doctor.host_findings()[0] == doctor.Finding("host", "tailscaled installed", None)
+    monkeypatch.setenv("TSPROXY_TAILSCALED", str(tmp_path / "tailscaled"))
+    missing = doctor.host_findings()[0]
+    assert (missing.problem, missing.fix, missing.safe) == (
+        f"{tmp_path}/tailscaled not found", "apt install tailscale", False)
