@@ -30,6 +30,7 @@ def load_instances() -> tuple[list[TailnetConf], list[ConfigError]]:
 
 def get_instance(name: str) -> TailnetConf:
     """The conf of one instance, judged beside all the others (clashes count)."""
+    checked_name(name)
     good, errors = load_instances()
     for conf in good:
         if conf.name == name:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from tsproxy_generator.config import ConfigError, instance_name
-
 from .. import netns
-from ..errors import TsproxyError
+from ..instances import checked_name
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -18,11 +16,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The name becomes interface, namespace and path names: only what a conf could be called.
-    try:
-        instance_name(f"{args.name}.conf")
-    except ConfigError as error:
-        raise TsproxyError(error.message) from None
+    checked_name(args.name)
     netns.require_root("down")
     netns.down(args.name)
     return 0

@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..errors import TsproxyError
-from ..instances import conf_dir, load_instances
+from ..instances import checked_name, conf_dir, load_instances
 from ..status import Status, gather
 
 UNHEALTHY = 3
@@ -46,7 +46,7 @@ def collect(names: list[str]) -> list[Status]:
     bad = {os.path.basename(error.path)[: -len(".conf")]: str(error) for error in errors}
     known = {conf.name for conf in good} | set(bad)
     for name in names:
-        if name not in known:
+        if checked_name(name) not in known:
             raise TsproxyError(f"no instance {name!r}: "
                                f"{os.path.join(conf_dir(), name + '.conf')} does not exist")
     if names:
