@@ -141,10 +141,16 @@ def test_tailscaled_killed_comes_back(lab: Lab) -> None:
     before = lab.gw.run(["systemctl", "show", "-P", "MainPID", unit]).stdout.strip()
     lab.gw.run(["systemctl", "kill", "-s", "KILL", unit])
     killed = time.monotonic()
-    wait_for(lambda: mac_curl(lab, "-m", "2", "-x", f"socks5h://{lab.gw_ip}:{PORT}",
+    # Short probes (1 s: no SYN retransmit inside one) measure when the path is back, to
+    # about 0.2 s. Most of the time is Tailscale's: the restarted daemon is Running within
+    # about 3 s, and WireGuard's first handshake with a peer that has not yet learnt the new
+    # disco key is lost and retried after 5 s (REKEY_TIMEOUT).
+    wait_for(lambda: mac_curl(lab, "-m", "1", "-x", f"socks5h://{lab.gw_ip}:{PORT}",
                               "http://web.fgpu:3000/") == (0, WEB_PAGE), 60, interval=0.2,
              what="a request through the restarted tailscaled")
-    print(f"requests work again {time.monotonic() - killed:.1f}s after the kill")
+    elapsed = time.monotonic() - killed
+    print(f"requests work again {elapsed:.1f}s after the kill")
+    assert elapsed < 10
     after = lab.gw.run(["systemctl", "show", "-P", "MainPID", unit]).stdout.strip()
     assert after not in ("0", before)
 
