@@ -273,9 +273,14 @@ def test_remove_stops_everything_and_purge_forgets_state(booted_debian: Containe
     install(c, tailscale_deb, {"fgpu.conf": CONFS["fgpu.conf"]})
     c.run("systemctl daemon-reload && systemctl start tsproxy@fgpu")
     assert_instance_up(c, "fgpu", 11080)
+    assert f"{HOST_TS_IP}:53" in listening(c)
     c.run("apt-get remove -y -q tsproxy", env={"DEBIAN_FRONTEND": "noninteractive"})
     assert_instance_gone(c, "fgpu")
     assert f"{HOST_TS_IP}:11080" not in listening(c)
+    # The DNS responder, shared by every instance, goes too.
+    assert f"{HOST_TS_IP}:53" not in listening(c)
+    for unit in ("tsproxy-dns.socket", "tsproxy-dns.service"):
+        assert unit_state(c, unit) in ("inactive", "failed"), unit
     # Removed, not purged: the user's confs and tailscaled's state (its node key) stay.
     c.run("test -f /etc/tsproxy.d/fgpu.conf && test -d /var/lib/tsproxy/fgpu")
     c.run("apt-get purge -y -q tsproxy", env={"DEBIAN_FRONTEND": "noninteractive"})
