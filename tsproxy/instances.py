@@ -20,8 +20,9 @@ def run_dir() -> str:
     return os.environ.get("TSPROXY_RUN_DIR", RUN_DIR)
 
 
-def tailscaled_socket(name: str) -> str:
-    return os.path.join(run_dir(), name, "tailscaled.sock")
+def tailscaled_socket(name: str, directory: str | None = None) -> str:
+    """The LocalAPI socket of an instance's tailscaled, under `directory` (default run_dir())."""
+    return os.path.join(directory or run_dir(), name, "tailscaled.sock")
 
 
 def load_instances() -> tuple[list[TailnetConf], list[ConfigError]]:

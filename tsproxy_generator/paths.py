@@ -7,9 +7,5 @@ TSPROXY = "/usr/sbin/tsproxy"
 TAILSCALED = "/usr/sbin/tailscaled"
 TAILSCALE = "/usr/bin/tailscale"
 STATE_DIR = "/var/lib/tsproxy"  # + /NAME: tailscaled's --statedir
-RUN_DIR = "/run/tsproxy"  # + /NAME/tailscaled.sock
+RUN_DIR = "/run/tsproxy"  # + /NAME/tailscaled.sock (tsproxy.instances.tailscaled_socket)
 NETNS_ETC_DIR = "/etc/netns"  # + /ts-NAME/resolv.conf, iproute2's per-namespace /etc
-
-
-def tailscaled_socket(name: str) -> str:
-    return f"{RUN_DIR}/{name}/tailscaled.sock"

@@ -21,7 +21,7 @@ from ..errors import TsproxyError
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="IP:PORT", action="append", default=[],
                         help="bind UDP and TCP here instead of taking sockets from systemd")
-    parser.add_argument("--run-dir", default=paths.RUN_DIR, metavar="DIR",
+    parser.add_argument("--run-dir", metavar="DIR",
                         help=f"where each tailnet's tailscaled socket is, as DIR/NAME/"
                              f"tailscaled.sock (default {paths.RUN_DIR})")
     parser.add_argument("--timeout", type=float, default=QUERY_TIMEOUT, metavar="SECONDS",

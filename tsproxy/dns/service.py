@@ -15,10 +15,10 @@ import socket
 import sys
 from collections.abc import Callable
 
-from tsproxy_generator import paths
-from tsproxy_generator.config import conf_paths, load_all
+from tsproxy_generator.config import conf_paths
 
-from ..instances import conf_dir
+from ..activation import endpoint
+from ..instances import conf_dir, load_instances
 from .answer import QUERY_TIMEOUT, Responder
 from .server import DnsServer
 from .zones import Zones
@@ -38,8 +38,8 @@ def conf_signature(directory: str) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(entries)
 
 
-def load_zones(directory: str, run_dir: str, log: Callable[[str], None]) -> Zones:
-    confs, errors = load_all(conf_paths(directory))
+def load_zones(run_dir: str | None, log: Callable[[str], None]) -> Zones:
+    confs, errors = load_instances()
     for error in errors:
         log(f"{error} (skipped)")
     zones = Zones.from_confs(confs, run_dir)
@@ -50,15 +50,11 @@ def load_zones(directory: str, run_dir: str, log: Callable[[str], None]) -> Zone
 
 def describe(sockets: list[socket.socket]) -> str:
     kinds = {socket.SOCK_DGRAM: "udp", socket.SOCK_STREAM: "tcp"}
-    return ", ".join(f"{kinds.get(s.type, '?')} {_address(s)}" for s in sockets)
+    return ", ".join(f"{kinds.get(s.type, '?')} {endpoint(*s.getsockname()[:2])}"
+                     for s in sockets)
 
 
-def _address(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def run(sockets: list[socket.socket], run_dir: str = paths.RUN_DIR,
+def run(sockets: list[socket.socket], run_dir: str | None = None,
         timeout: float = QUERY_TIMEOUT) -> int:
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -66,12 +62,12 @@ def run(sockets: list[socket.socket], run_dir: str = paths.RUN_DIR,
     directory = conf_dir()
     log(f"listening on {describe(sockets)}")
     signature = conf_signature(directory)
-    server = DnsServer(sockets, Responder(load_zones(directory, run_dir, log), timeout), log)
+    server = DnsServer(sockets, Responder(load_zones(run_dir, log), timeout), log)
 
     def reload() -> None:
         nonlocal signature
         signature = conf_signature(directory)
-        server.responder = Responder(load_zones(directory, run_dir, log), timeout)
+        server.responder = Responder(load_zones(run_dir, log), timeout)
 
     async def watch() -> None:
         while True:

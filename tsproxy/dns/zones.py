@@ -10,9 +10,9 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tsproxy_generator import paths
 from tsproxy_generator.config import TailnetConf
 
+from ..instances import tailscaled_socket
 from ..localapi import LocalAPI
 from ..names import OCTET, Resolver
 
@@ -71,11 +71,11 @@ class Zones:
                        for apex in (zone.suffix, *zone.domains)}
 
     @classmethod
-    def from_confs(cls, confs: Iterable[TailnetConf], run_dir: str = paths.RUN_DIR) -> Zones:
+    def from_confs(cls, confs: Iterable[TailnetConf], run_dir: str | None = None) -> Zones:
         """Zones for the confs that serve DNS, each asking its own tailscaled's LocalAPI
-        (reachable from the host namespace under `run_dir`)."""
+        (reachable from the host namespace; `run_dir` as for instances.tailscaled_socket)."""
         return cls(Zone(conf.name, conf.suffix, conf.dns_domains,
-                        Resolver(conf.suffix, LocalAPI(f"{run_dir}/{conf.name}/tailscaled.sock")))
+                        Resolver(conf.suffix, LocalAPI(tailscaled_socket(conf.name, run_dir))))
                    for conf in confs if conf.dns_listen)
 
     def find(self, name: str) -> Apex | None:

@@ -32,6 +32,7 @@ from http import HTTPStatus
 
 from tsproxy_generator.config import Address, Listen
 
+from ..activation import endpoint
 from ..names import NameNotFound, ResolveError, Resolver
 from ..proto import (
     HttpConnectHandshake,
@@ -352,10 +353,6 @@ class Server:
             sent = 0
         if sent < len(data):
             await self.loop.sock_sendall(sock, data[sent:])
-
-
-def endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def client_host(host: str) -> str:

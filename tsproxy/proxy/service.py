@@ -14,12 +14,12 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from tsproxy_generator import paths
 from tsproxy_generator.config import Listen, TailnetConf
 
 from .. import pac
+from ..activation import endpoint
 from ..errors import TsproxyError
-from ..instances import load_instances
+from ..instances import load_instances, tailscaled_socket
 from ..localapi import LocalAPI
 from ..names import Resolver
 from .access import ClientNetworks, Identities, Users
@@ -27,7 +27,7 @@ from .egress import DEVICE, DIAL_TIMEOUT, Dialer, Policy, tune
 from .limits import Limits
 from .pipes import PipePool
 from .relay import IDLE_TIMEOUT
-from .server import HANDSHAKE_TIMEOUT, Server, endpoint
+from .server import HANDSHAKE_TIMEOUT, Server
 from .stats import Stats, StatsFile, log_line
 
 FDS_PER_CONNECTION = 2  # client and upstream sockets; pipes are pooled and few
@@ -59,7 +59,7 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options) -> Serve
     users = Users.load(conf.users_file) if conf.users_file else None
     identities = (Identities(conf.allow_identities, LocalAPI(conf.identity_socket))
                   if conf.allow_identities else None)
-    names_socket = options.names_socket or paths.tailscaled_socket(conf.name)
+    names_socket = options.names_socket or tailscaled_socket(conf.name)
     listen = endpoint(*listener.getsockname()[:2])
     tune(listener)  # accepted sockets inherit NODELAY and keepalive: no syscalls per accept
     return Server(
