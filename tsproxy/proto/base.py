@@ -56,6 +56,38 @@ class Handshake:
         self._buffer = bytearray()
         self._request: ConnectRequest | None = None
         self._leftover = b""
+        self._failed = False
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes from the client (b"" = EOF); returns the bytes to send now. A
+        ProtocolError ends the handshake: every later call raises too."""
+        if self._failed:
+            raise ProtocolError("handshake already failed")
+        if self._complete():
+            # The caller read past the request: that is payload too.
+            self._leftover += data
+            return b""
+        if not data:
+            self._fail()
+            raise ProtocolError("client closed the connection mid-handshake")
+        self._buffer += data
+        try:
+            return self._receive()
+        except ProtocolError:
+            self._fail()
+            raise
+
+    def _complete(self) -> bool:
+        """The handshake has parsed all it will: later bytes are payload."""
+        raise NotImplementedError
+
+    def _receive(self) -> bytes:
+        """Parse what `_buffer` holds: the bytes to send now, or ProtocolError."""
+        raise NotImplementedError
+
+    def _fail(self) -> None:
+        self._failed = True
+        self._buffer.clear()
 
     @property
     def request(self) -> ConnectRequest | None:

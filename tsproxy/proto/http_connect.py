@@ -116,7 +116,6 @@ class _State(enum.Enum):
     REQUEST_LINE = enum.auto()
     HEADERS = enum.auto()
     DONE = enum.auto()
-    FAILED = enum.auto()
 
 
 class HttpConnectHandshake(Handshake):
@@ -146,23 +145,12 @@ class HttpConnectHandshake(Handshake):
         """The request is an absolute-form one, forwarded instead of tunnelled."""
         return self._forward is not None
 
-    def receive_data(self, data: bytes) -> bytes:
-        """Feed bytes from the client (b"" = EOF). Nothing is ever sent before the final
-        reply, so this returns b"" or raises ProtocolError."""
-        if self._state is _State.FAILED:
-            raise ProtocolError("handshake already failed")
-        if self._state is _State.DONE:
-            self._leftover += data
-            return b""
-        if not data:
-            self._fail()
-            raise ProtocolError("client closed the connection mid-handshake")
-        self._buffer += data
-        try:
-            self._parse()
-        except ProtocolError:
-            self._fail()
-            raise
+    def _complete(self) -> bool:
+        return self._state is _State.DONE
+
+    def _receive(self) -> bytes:
+        # Nothing is ever sent before the final reply.
+        self._parse()
         return b""
 
     def reply(self, code: Reply, bound: tuple[str, int] | None = None) -> bytes:
@@ -171,10 +159,6 @@ class HttpConnectHandshake(Handshake):
         if code is Reply.SUCCEEDED:
             return b"" if self._forward else ESTABLISHED
         return response(_STATUS[code])
-
-    def _fail(self) -> None:
-        self._state = _State.FAILED
-        self._buffer.clear()
 
     def _parse(self) -> None:
         buf = self._buffer

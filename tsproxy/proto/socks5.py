@@ -66,7 +66,6 @@ class _State(enum.Enum):
     AUTH = enum.auto()
     REQUEST = enum.auto()
     DONE = enum.auto()
-    FAILED = enum.auto()
 
 
 def _name(enum_type: type[IntEnum], value: int) -> str:
@@ -84,18 +83,10 @@ class Socks5Handshake(Handshake):
         self._state = _State.GREETING
         self._user: str | None = None
 
-    def receive_data(self, data: bytes) -> bytes:
-        """Feed bytes from the client (b"" = EOF); returns the bytes to send now."""
-        if self._state is _State.FAILED:
-            raise ProtocolError("handshake already failed")
-        if self._state is _State.DONE:
-            # The caller read past the request: that is payload too.
-            self._leftover += data
-            return b""
-        if not data:
-            self._fail()
-            raise ProtocolError("client closed the connection mid-handshake")
-        self._buffer += data
+    def _complete(self) -> bool:
+        return self._state is _State.DONE
+
+    def _receive(self) -> bytes:
         out = bytearray()
         try:
             while self._request is None:
@@ -104,7 +95,7 @@ class Socks5Handshake(Handshake):
                     break
                 out += answer
         except ProtocolError as error:
-            self._fail()
+            # What this call answered before the failure goes out with the failure's reply.
             raise ProtocolError(error.reason, bytes(out) + error.reply) from None
         if self._request is not None:
             self._leftover = bytes(self._buffer)
@@ -121,10 +112,6 @@ class Socks5Handshake(Handshake):
         address = ipaddress.ip_address(host.partition("%")[0])
         kind = AddressType.IPV4 if address.version == 4 else AddressType.IPV6
         return bytes((VERSION, code, 0, kind)) + address.packed + port.to_bytes(2, "big")
-
-    def _fail(self) -> None:
-        self._state = _State.FAILED
-        self._buffer.clear()
 
     def _step(self) -> bytes | None:
         """Parse one message if it is complete: its answer, or None to wait for more."""
