@@ -19,6 +19,7 @@ import dnslib  # type: ignore[import-untyped]
 from tsproxy_generator.config import TailnetConf
 from tsproxy_generator.paths import NETNS_ETC_DIR
 
+from . import nft
 from .netns import HOST_RESOLV_CONF, NS_IFNAME, tailscaled_path
 from .status import Status
 
@@ -74,7 +75,7 @@ def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
     check("netns present", None if status.netns else f"network namespace {ns} is missing")
     check("veth, addresses and route", network_problem(conf))
     check("nft table whole", None if status.nft_table else
-          f"nft table inet tsproxy-{name} is missing or flushed")
+          f"nft table inet {nft.table_name(name)} is missing or flushed")
     check("namespace resolv.conf", None if os.path.exists(
         os.path.join(NETNS_ETC_DIR, ns, "resolv.conf")) else f"{NETNS_ETC_DIR}/{ns}/resolv.conf "
           "is missing")

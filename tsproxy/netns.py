@@ -76,7 +76,7 @@ def up(conf: TailnetConf) -> list[str]:
         made.table = not firewall.table_exists
         _run(["nft", "-f", "-"], nft.up_rules(name, conf.veth_subnet, handles))
         host = []
-        if not os.path.exists(_netns_path(ns)):
+        if not os.path.exists(netns_path(ns)):
             made.netns = True
             host.append(f"netns add {ns}")
             # A veth whose namespace is gone is a leftover: its peer cannot be in a new one.
@@ -243,7 +243,7 @@ def _delete_links(ns: str, veth: bool, netns: bool) -> None:
     # `netns del` while a process (a tailscaled that would not stop) is still inside.
     if veth and _link_exists(ns):
         host.append(f"link del {ns}")
-    if netns and os.path.exists(_netns_path(ns)):
+    if netns and os.path.exists(netns_path(ns)):
         host.append(f"netns del {ns}")
     if host:
         _ip_batch([], host)
@@ -262,7 +262,7 @@ def _remove_etc_dir(ns: str) -> None:
 
 # -- running ip and nft -------------------------------------------------------------------
 
-def _netns_path(ns: str) -> str:
+def netns_path(ns: str) -> str:
     return os.path.join(NETNS_RUN_DIR, ns)
 
 

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tsproxy_generator.config import netns_name
+
 # Docker's iptables-nft table: FORWARD has policy drop and jumps to DOCKER-USER first,
 # the chain Docker leaves to the administrator.
 DOCKER_TABLE = "ip filter"
@@ -119,7 +121,7 @@ def parse_docker_handles(listing: str, name: str) -> tuple[int, ...]:
 def up_rules(name: str, subnet: ipaddress.IPv4Network,
              docker_handles: tuple[int, ...] | None) -> str:
     """The transaction for `up`; docker_handles is None when there is no DOCKER-USER chain."""
-    veth = f"ts-{name}"
+    veth = netns_name(name)  # the host end of the veth has the namespace's name
     text = RULES.format(name=name, table=table_name(name), veth=veth, subnet=subnet)
     if docker_handles is not None:
         text += "\n" + DOCKER_RULES.format(docker=DOCKER_TABLE, user=DOCKER_USER, veth=veth,

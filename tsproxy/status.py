@@ -14,9 +14,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tsproxy_generator.config import TailnetConf
+from tsproxy_generator.config import TailnetConf, netns_name
 
-from . import systemd, watch
+from . import nft, systemd, watch
 from .instances import tailscaled_socket
 from .localapi import LocalAPI, LocalAPIError
 from .netns import tailscaled_path
@@ -176,9 +176,10 @@ def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str |
             return (f"{units['instance']} failed ({instance.get('Result')}): see journalctl "
                     f"-u {units['instance']}, then {restart}")
         return f"not started: systemctl start tsproxy@{name}"
-    gone = [what for what, there in ((f"network namespace ts-{name}", status.netns),
-                                     (f"veth ts-{name}", status.veth),
-                                     (f"nft table inet tsproxy-{name}", status.nft_table))
+    ns = netns_name(name)
+    gone = [what for what, there in ((f"network namespace {ns}", status.netns),
+                                     (f"veth {ns}", status.veth),
+                                     (f"nft table inet {nft.table_name(name)}", status.nft_table))
             if there is False]
     if gone:
         return (f"{', '.join(gone)} missing or flushed: {restart} "

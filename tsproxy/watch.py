@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from tsproxy_generator.config import netns_name
 
 from . import nft
-from .netns import NETNS_RUN_DIR
+from .netns import netns_path
 
 INTERVAL = 2.0  # detection within 2 s, the rebuild in about 1 s more: well inside 10 s
 NFT_TIMEOUT = 10
@@ -42,7 +42,7 @@ class Shape:
 def look(name: str, with_table: bool = True) -> Shape:
     ns = netns_name(name)
     try:
-        info = os.stat(os.path.join(NETNS_RUN_DIR, ns))
+        info = os.stat(netns_path(ns))
         netns: tuple[int, int] | None = (info.st_dev, info.st_ino)
     except OSError:
         netns = None
