@@ -19,7 +19,7 @@ import dnslib  # type: ignore[import-untyped]
 from tsproxy_generator.config import TailnetConf
 from tsproxy_generator.paths import NETNS_ETC_DIR
 
-from . import nft
+from . import holders, nft
 from .netns import HOST_RESOLV_CONF, NS_IFNAME, tailscaled_path
 from .status import Status
 
@@ -88,14 +88,27 @@ def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
               f"tailscaled is {state or 'not answering: ' + (status.health or ['?'])[0]}",
               f"tsproxy login {name}" if state == "NeedsLogin" else restart,
               safe=state not in ("NeedsLogin", "Running"))
-    check("proxy socket bound", socket_problem(status, str(conf.listen)),
-          f"systemctl restart tsproxy-socks@{name}.socket")
+    socket_restart = f"systemctl restart tsproxy-socks@{name}.socket"
+    if status.units.get("proxy_socket") != "active" and (held := holders.held(conf.listen)):
+        check("proxy socket bound", str(held), blocked_fix(held, socket_restart, name), safe=False)
+    else:
+        check("proxy socket bound", socket_problem(status, str(conf.listen)), socket_restart)
     check("watchdog running", None if status.units.get("watch") == "active" else
           f"tsproxy-watch@{name} is {status.units.get('watch')}")
     if conf.dns_listen is not None:
-        check("DNS answers an IP-embedded name", dns_problem(conf),
-              "systemctl restart tsproxy-dns.socket tsproxy-dns.service")
+        dns_restart = "systemctl restart tsproxy-dns.socket tsproxy-dns.service"
+        if status.units.get("dns_socket") != "active" and \
+                (held := holders.held(conf.dns_listen, ("udp", "tcp"))):
+            check("DNS answers an IP-embedded name", str(held),
+                  blocked_fix(held, dns_restart, name), safe=False)
+        else:
+            check("DNS answers an IP-embedded name", dns_problem(conf), dns_restart)
     return found
+
+
+def blocked_fix(held: holders.Held, restart: str, name: str) -> str:
+    """A port someone else holds: a restart can only work once that one is stopped."""
+    return f"{held.stop}, then {restart} (see tsproxy migrate {name})"
 
 
 def host_findings() -> list[Finding]:

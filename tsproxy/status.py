@@ -16,7 +16,7 @@ from typing import Any
 
 from tsproxy_generator.config import TailnetConf, netns_name
 
-from . import nft, systemd, watch
+from . import holders, nft, systemd, watch
 from .instances import tailscaled_socket
 from .localapi import LocalAPI, LocalAPIError
 from .netns import tailscaled_path
@@ -65,6 +65,10 @@ class Status:
     netns: bool | None = None
     veth: bool | None = None
     nft_table: bool | None = None
+    # Another process on the proxy's or the DNS responder's port, while tsproxy's socket
+    # is down: restarting cannot help until it is stopped. Seen by root only.
+    listen_held: str | None = None
+    dns_listen_held: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +94,7 @@ def gather(good: list[TailnetConf], bad: dict[str, str]) -> list[Status]:
             _read_tailscaled(status, answers[name])
             _read_stats(status)
             _read_network(status)
+            _read_holders(status, conf)
         status.problem = judge(status, states, name)
         status.healthy = status.problem is None
         result.append(status)
@@ -158,6 +163,17 @@ def _read_network(status: Status) -> None:
         status.nft_table = bool(shape.table) and any(rules for _, rules in shape.table or ())
 
 
+def _read_holders(status: Status, conf: TailnetConf) -> None:
+    if status.units["proxy_socket"] != "active":
+        status.listen_held = _held(holders.held(conf.listen))
+    if conf.dns_listen and status.units["dns_socket"] != "active":
+        status.dns_listen_held = _held(holders.held(conf.dns_listen, ("udp", "tcp")))
+
+
+def _held(held: holders.Held | None) -> str | None:
+    return f"{held}: {held.stop}" if held else None
+
+
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -184,12 +200,17 @@ def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str |
     if gone:
         return (f"{', '.join(gone)} missing or flushed: {restart} "
                 f"(tsproxy-watch@{name} does it within seconds)")
+    if status.listen_held:
+        return f"{status.listen_held}, then {restart} (see tsproxy migrate {name})"
     for role in ("tailscaled", "proxy_socket", "watch"):
         if states[units[role]].get("ActiveState") != "active":
             return f"{units[role]} is {status.units[role]}: {restart}"
     if states[units["proxy"]].get("ActiveState") == "failed":
         return f"{units['proxy']} failed: see journalctl -u {units['proxy']}, then {restart}"
     if status.dns_listen:
+        if status.dns_listen_held:
+            return (f"{status.dns_listen_held}, then systemctl restart {DNS_SOCKET} "
+                    f"(see tsproxy migrate {name})")
         if states[DNS_SOCKET].get("ActiveState") != "active":
             return f"{DNS_SOCKET} is {status.units['dns_socket']}: systemctl restart {DNS_SOCKET}"
         if states[DNS_SERVICE].get("ActiveState") == "failed":
