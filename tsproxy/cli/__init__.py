@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from .. import __version__
 from ..errors import TsproxyError
 
 # Imported on demand so `tsproxy check` never pays for what `tsproxy proxy` needs.
@@ -29,6 +30,7 @@ COMMANDS = {
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tsproxy", description="Multi-tailnet gateway.")
+    top.add_argument("--version", action="version", version=f"tsproxy {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         commands.add_parser(name, help=help_text, description=help_text)
