@@ -9,7 +9,7 @@ import os
 import sys
 
 DEFAULTS = {"LoadState": "loaded", "ActiveState": "inactive", "SubState": "dead",
-            "Result": "success"}
+            "Result": "success", "UnitFileState": "disabled"}
 
 
 def main(argv: list[str]) -> int:

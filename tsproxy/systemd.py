@@ -22,12 +22,12 @@ def systemctl() -> str:
     return os.environ.get("TSPROXY_SYSTEMCTL", "systemctl")
 
 
-def show(units: list[str]) -> dict[str, dict[str, str]]:
-    """PROPERTIES of each unit, by unit name. A unit systemd does not know still gets an
+def show(units: list[str], properties: tuple[str, ...] = PROPERTIES) -> dict[str, dict[str, str]]:
+    """`properties` of each unit, by unit name. A unit systemd does not know still gets an
     answer (LoadState=not-found, ActiveState=inactive), so every name is a key."""
     if not units:
         return {}
-    argv = [systemctl(), "show", f"--property={','.join(PROPERTIES)}", "--", *units]
+    argv = [systemctl(), "show", f"--property={','.join(properties)}", "--", *units]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT)
     except FileNotFoundError:
@@ -40,9 +40,9 @@ def show(units: list[str]) -> dict[str, dict[str, str]]:
     # One block of KEY=VALUE lines per unit, in the order asked, blank lines between.
     states: dict[str, dict[str, str]] = {}
     for block in done.stdout.strip("\n").split("\n\n"):
-        properties = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        if "Id" in properties:
-            states[properties["Id"]] = properties
+        values = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if "Id" in values:
+            states[values["Id"]] = values
     return {unit: states.get(unit, {"Id": unit, "LoadState": "not-found",
                                     "ActiveState": "inactive", "SubState": "dead",
                                     "Result": "success"}) for unit in units}

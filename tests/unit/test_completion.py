@@ -85,3 +85,6 @@ def test_bash_completes(tmp_path: Path) -> None:
     assert complete("tsproxy client --for m", tmp_path) == ["macos"]
     assert complete("tsproxy check f", tmp_path) == ["fgpu.conf"]
     assert complete("tsproxy list ", tmp_path) == []
+    assert complete("tsproxy --v", tmp_path) == ["--version"]
+    assert complete("tsproxy migrate --s", tmp_path) == ["--state-from", "--stop"]
+    assert complete("tsproxy migrate f", tmp_path) == ["fgpu"]

@@ -25,6 +25,8 @@ COMMANDS = {
     "proxy": "serve the proxy socket of an instance (run by tsproxy-socks@NAME)",
     "client": "print ready-to-paste setup for client machines (DNS, PAC, ssh, shell)",
     "dns": "answer every instance's DNS names (run by tsproxy-dns.service)",
+    "migrate": "move a tailnet from a hand-made setup (socat, CoreDNS, its own tailscaled) "
+               "to this instance, keeping its node",
 }
 
 
