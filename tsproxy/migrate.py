@@ -50,6 +50,8 @@ class Plan:
     state_from: str | None = None  # the old tailscaled's state dir (or file)
     state_unit: str | None = None  # the unit it was found in; None: given
     old_listen: Listen | None = None  # where the old proxy listened (socat)
+    instance_running: bool = False  # tsproxy's own tailscaled for this tailnet
+    has_state: bool = False  # tsproxy's tailscaled made a node of its own already
 
     @property
     def to_stop(self) -> list[str]:
@@ -96,7 +98,10 @@ def plan(conf: TailnetConf, from_netns: str | None = None,
             whys.setdefault(unit_name, f"holds {listen}")
     # Holders first: they block tsproxy's sockets.
     names = sorted(whys, key=lambda name: (name not in held_by, name))
-    states = systemd.show(names, ("Id", "LoadState", "ActiveState", "UnitFileState"))
+    mine = f"tsproxy-tailscaled@{conf.name}.service"
+    states = systemd.show([*names, mine], ("Id", "LoadState", "ActiveState", "UnitFileState"))
+    result.instance_running = states[mine].get("ActiveState") in ("active", "activating")
+    result.has_state = os.path.exists(os.path.join(state_dir(conf.name), STATE_FILE))
     result.units = [OldUnit(name, whys[name],
                             states[name].get("ActiveState") in ("active", "activating"),
                             states[name].get("UnitFileState") == "enabled") for name in names]
@@ -215,11 +220,11 @@ def check_ready(plan: Plan, stop: bool, copy: bool, force: bool) -> None:
         raise TsproxyError(f"tailscaled {str(live[0]).removeprefix('tailscaled ')} still runs on "
                            f"{plan.state_from}: copying a live state would make two nodes with "
                            f"one key; {hint} (or add --stop)")
-    mine = f"tsproxy-tailscaled@{plan.conf.name}.service"
-    if systemd.show([mine])[mine].get("ActiveState") in ("active", "activating"):
-        raise TsproxyError(f"{mine} runs on {state_dir(plan.conf.name)}: "
+    if plan.instance_running:
+        raise TsproxyError(f"tsproxy-tailscaled@{plan.conf.name}.service runs on "
+                           f"{state_dir(plan.conf.name)}: "
                            f"systemctl stop tsproxy@{plan.conf.name} first")
-    if os.path.exists(os.path.join(state_dir(plan.conf.name), STATE_FILE)) and not force:
+    if plan.has_state and not force:
         raise TsproxyError(f"{state_dir(plan.conf.name)} already holds a node of its own "
                            f"({STATE_FILE}): --force replaces it (the old one is kept aside)")
 

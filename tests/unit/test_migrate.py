@@ -185,9 +185,28 @@ def test_prints_every_unit_and_the_exact_commands(world: World,
         "  4. systemctl start tsproxy@fgpu\n"
         "  5. tsproxy status fgpu\n"
         "(tsproxy migrate fgpu --stop --state-from TMP/var/lib/tailscale-tsFGPU runs the "
-        "first steps)\n")
+        "steps before the start)\n")
     assert not (world.root / "systemctl.log").read_text().count("disable")  # only looked
     assert not (world.root / "var/lib/tsproxy").exists()
+
+
+def test_after_a_first_start_of_tsproxy(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """tsproxy@fgpu started beside the old setup (its sockets failed) made a node of its
+    own: stop it first, and --force the copy."""
+    world.systemd(**{"tsproxy-tailscaled@fgpu.service": {"ActiveState": "active"}})
+    (world.root / "var/lib/tsproxy/fgpu").mkdir(parents=True)
+    (world.root / "var/lib/tsproxy/fgpu/tailscaled.state").write_text("{}")
+    code, out, _ = tsproxy(world, capsys, "fgpu")
+    assert code == 0
+    assert out.split("to move to tsproxy, run:\n")[1] == (
+        "  1. systemctl stop tsproxy@fgpu\n"
+        f"  2. systemctl disable --now {' '.join(TO_STOP)}\n"
+        "  3. ip netns del tsFGPU  (if it is still there)\n"
+        "  4. tsproxy migrate fgpu --state-from TMP/var/lib/tailscale-tsFGPU --force  (the node "
+        "keeps its key and 100.x address: no new login; --force: the node tsproxy@fgpu made is "
+        "kept aside)\n"
+        "  5. systemctl start tsproxy@fgpu\n"
+        "  6. tsproxy status fgpu\n")
 
 
 def test_a_stopped_setup_is_still_found(world: World) -> None:

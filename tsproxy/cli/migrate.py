@@ -67,24 +67,28 @@ def report(plan: Plan, from_netns: str | None, acting: bool) -> str:
                      f"tsproxy listens on {plan.conf.listen}")
     if acting:
         return "\n".join(lines)
-    steps = [f"systemctl disable --now {' '.join(plan.to_stop)}"] if plan.to_stop else []
+    steps = [f"systemctl stop tsproxy@{name}"] if plan.instance_running else []
+    if plan.to_stop:
+        steps.append(f"systemctl disable --now {' '.join(plan.to_stop)}")
     steps += [f"stop {holder} (it is no unit of the old setup)" for holder in plan.strangers]
     if plan.netns:
         steps.append(f"ip netns del {plan.netns}  (if it is still there)")
     migrate_command = f"tsproxy migrate {name}"
     if from_netns:
         migrate_command += f" --from-netns {shlex.quote(from_netns)}"
+    copy_options = f" --state-from {shlex.quote(plan.state_from or '')}" + \
+        (" --force" if plan.has_state else "")
     if plan.state_from:
-        copy = f"{migrate_command} --state-from {shlex.quote(plan.state_from)}"
-        steps.append(f"{copy}  (the node keeps its key and 100.x address: no new login)")
+        steps.append(f"{migrate_command}{copy_options}  (the node keeps its key and 100.x "
+                     "address: no new login" + (f"; --force: the node tsproxy@{name} made "
+                                               "is kept aside" if plan.has_state else "") + ")")
     steps.append(f"systemctl start tsproxy@{name}")
     if not plan.state_from:
         steps.append(f"tsproxy login {name}  (no old tailscaled state found: a new node)")
     steps.append(f"tsproxy status {name}")
     lines.append("to move to tsproxy, run:")
     lines += [f"  {number}. {step}" for number, step in enumerate(steps, 1)]
-    if plan.to_stop or plan.state_from:
-        lines.append(f"({migrate_command} --stop"
-                     f"{f' --state-from {shlex.quote(plan.state_from)}' if plan.state_from else ''}"
-                     " runs the first steps)")
+    if (plan.to_stop or plan.state_from) and not plan.instance_running:
+        lines.append(f"({migrate_command} --stop{copy_options if plan.state_from else ''} "
+                     "runs the steps before the start)")
     return "\n".join(lines)
