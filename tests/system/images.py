@@ -216,19 +216,22 @@ def _locked(path: Path) -> Iterator[None]:
         yield
 
 
-def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUITE) -> Path:
+def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUITE,
+                      variant: str = "base") -> Path:
     """The cached base root directory of `suite`, built first if needed (about a minute).
 
     Treat it as read-only: containers get a private overlay or copy of it
-    (see make_root()), never the directory itself.
+    (see make_root()), never the directory itself. A `variant` with other `packages`
+    (e.g. "socat") is cached beside the base, under its own name: building one never
+    removes the other, which concurrent test sessions may be booting.
     """
     cache = cache_dir()
     if suite not in SUITES:
         raise ContainerError(f"unsupported suite {suite!r}: one of {', '.join(SUITES)}")
-    image = cache / f"debian-{suite}-base-{image_key(packages, suite)}"
+    image = cache / f"debian-{suite}-{variant}-{image_key(packages, suite)}"
     if image.is_dir():
         return image
-    with _locked(cache / f".debian-{suite}-base.lock"):
+    with _locked(cache / f".debian-{suite}-{variant}.lock"):
         if image.is_dir():  # built by another session while we waited
             return image
         mirror = host_mirror(suite)
@@ -243,7 +246,7 @@ def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUIT
             root.rename(image)  # atomic: readers only ever see a whole image
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        for old in cache.glob(f"debian-{suite}-base-*"):
+        for old in cache.glob(f"debian-{suite}-{variant}-*"):
             if old.is_dir() and old != image:
                 shutil.rmtree(old, ignore_errors=True)
     return image
