@@ -96,13 +96,22 @@ ip -n {NETNS} addr add 10.200.0.6/30 dev veth-fgpu-ns
 ip -n {NETNS} link set veth-fgpu-ns up
 ip -n {NETNS} link set lo up
 ip -n {NETNS} route add default via 10.200.0.5
+# Its tailscaled reaches control and DERP through the host's uplink.
+sysctl -qw net.ipv4.ip_forward=1
+nft add table ip ts-netns
+nft add chain ip ts-netns postrouting '{{ type nat hook postrouting priority srcnat; }}'
+nft add rule ip ts-netns postrouting ip saddr 10.200.0.4/30 masquerade
 """
 
-# Stand-ins for the binaries the test images lack, installed as COREDNS and MICROSOCKS:
-# each holds the ports the real one would (its name says which) and answers nothing.
-STAND_IN = f"""#!/usr/bin/python3
+
+
+def stand_in(listen_ip: str = HOST_TS_IP) -> str:
+    """A stand-in for a binary the test image lacks, installed as COREDNS, MICROSOCKS or
+    socat: it holds the ports the real one would (its name says which) and answers nothing."""
+    return f"""#!/usr/bin/python3
 import os, signal, socket, sys
-HOLDS = {{"coredns": [("{HOST_TS_IP}", 53, socket.SOCK_DGRAM), ("{HOST_TS_IP}", 53, socket.SOCK_STREAM)],
+HOLDS = {{"coredns": [("{listen_ip}", 53, socket.SOCK_DGRAM), ("{listen_ip}", 53, socket.SOCK_STREAM)],
+         "socat": [("{listen_ip}", 11080, socket.SOCK_STREAM)],
          "microsocks": [("10.200.0.6", 1080, socket.SOCK_STREAM)]}}
 held = []
 for host, port, kind in HOLDS[os.path.basename(sys.argv[0])]:

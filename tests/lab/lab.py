@@ -74,8 +74,9 @@ def _login_gateway_home(lab: Lab) -> None:
 
 
 @contextlib.contextmanager
-def running_lab(workdir: Path) -> Iterator[Lab]:
-    """The world, and the gateway booted, installed and on both tailnets (about 15 s warm)."""
+def running_lab(workdir: Path, fgpu: bool = True) -> Iterator[Lab]:
+    """The world, and the gateway booted, installed and on both tailnets (about 15 s warm);
+    without `fgpu`, on home only, with no conf (the migration test brings its own setup)."""
     started = time.monotonic()
     tailscale_deb = labtools.tailscale_deb(workdir)
     image = images.ensure_base_image(suite="bookworm")
@@ -91,6 +92,9 @@ def running_lab(workdir: Path) -> Iterator[Lab]:
             gw.run("systemctl daemon-reload && systemctl enable --now tailscaled.service")
             _login_gateway_home(lab)
             lab.gw_ip = gw.run(["tailscale", "ip", "-4"]).stdout.strip()
+            if not fgpu:
+                yield lab
+                return
             mac_login = world.nodes["mac"].login_name()
             gw.write_file(AUTHKEY_FILE, world.state["fgpu_authkey"] + "\n", mode=0o600)
             gw.write_file("/etc/tsproxy.d/fgpu.conf",

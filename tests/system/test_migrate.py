@@ -42,8 +42,8 @@ def debian_image(debian_suite: str) -> Path:
 def set_up_seed(c: Container) -> None:
     """The user's setup as their README deploys it, running."""
     c.write_file(seed.SETUP_SCRIPT, seed.SETUP, mode=0o755)
-    c.write_file(seed.COREDNS, seed.STAND_IN, mode=0o755)
-    c.write_file(seed.MICROSOCKS, seed.STAND_IN, mode=0o755)
+    c.write_file(seed.COREDNS, seed.stand_in(), mode=0o755)
+    c.write_file(seed.MICROSOCKS, seed.stand_in(), mode=0o755)
     for name, text in seed.files().items():
         c.write_file(f"/etc/systemd/system/{name}", text)
     c.run(f"systemctl daemon-reload && systemctl enable --now {' '.join(OLD_UNITS)}")
