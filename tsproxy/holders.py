@@ -68,10 +68,13 @@ class Held:
 
 
 def held(listen: Listen, protocols: tuple[str, ...] = ("tcp",)) -> Held | None:
-    """Who holds `listen`, for the first of `protocols` someone holds; None when free (or
-    when the holder cannot be seen: not root)."""
+    """Who other than tsproxy holds `listen`, for the first of `protocols` someone holds;
+    None when free (or when the holder cannot be seen: not root). tsproxy's own units
+    (a proxy still serving on the socket it was handed, say) are no one else."""
     for protocol in protocols:
-        if found := holders(listen, protocol):
+        found = [h for h in holders(listen, protocol)
+                 if not (h.unit and h.unit.startswith("tsproxy"))]
+        if found:
             return Held(listen, protocol, tuple(found))
     return None
 

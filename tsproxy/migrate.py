@@ -159,17 +159,8 @@ def held_ports(conf: TailnetConf) -> list[Held]:
     wanted = [(conf.listen, "tcp")]
     if conf.dns_listen:
         wanted += [(conf.dns_listen, "udp"), (conf.dns_listen, "tcp")]
-    found = []
-    for listen, protocol in wanted:
-        by = [h for h in holders.holders(listen, protocol) if not ours(h)]
-        if by:
-            found.append(Held(listen, protocol, tuple(by)))
-    return found
-
-
-def ours(holder: Holder) -> bool:
-    """tsproxy's own processes and sockets (systemd holds those, as the unit's)."""
-    return bool(holder.unit and holder.unit.startswith("tsproxy"))
+    return [found for listen, protocol in wanted
+            if (found := holders.held(listen, (protocol,))) is not None]
 
 
 def checked_source(path: str) -> str:

@@ -166,3 +166,14 @@ def test_doctor_names_the_holder(conf: TailnetConf, monkeypatch: pytest.MonkeyPa
     assert (dns.problem, dns.fix, dns.safe) == (
         str(DNS_HELD), "systemctl disable --now coredns-fgpu.service, then systemctl restart "
         "tsproxy-dns.socket tsproxy-dns.service (see tsproxy migrate fgpu)", False)
+
+
+def test_tsproxys_own_units_are_no_one_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy still serving on the socket it was handed holds the port too: not a stranger."""
+    ours = Holder(5, "tsproxy", "tsproxy-socks@fgpu.service")
+    socat = Holder(812, "socat", "expose-socks-tsFGPU.service")
+    found = {"tcp": [ours, socat], "udp": [ours]}
+    monkeypatch.setattr("tsproxy.holders.holders", lambda where, protocol: found[protocol])
+    where = listen("100.121.76.21:11080")
+    assert holders.held(where) == Held(where, "tcp", (socat,))
+    assert holders.held(where, ("udp",)) is None
