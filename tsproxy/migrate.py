@@ -59,7 +59,7 @@ class Plan:
 
     @property
     def strangers(self) -> list[Holder]:
-        """Holders of the ports that are no unit this plan stops: a shell's socat, pid 1."""
+        """Holders of the ports that are no unit this plan stops: a socat run from a shell."""
         stopping = set(self.to_stop)
         return [h for held in self.held for h in held.by if h.unit not in stopping]
 
@@ -137,7 +137,7 @@ def netns_dir() -> str:
 def why_old(unit: UnitFile, conf: TailnetConf, netns: str | None,
             held_by: dict[str, str]) -> str | None:
     programs = [p for p in unit.programs if p in oldsetup.PROGRAMS]
-    does = f"runs {', '.join(programs)}" if programs else "runs " + ", ".join(unit.programs[:1])
+    does = f"runs {', '.join(programs or unit.programs[:1] or ['nothing'])}"
     if unit.name in held_by:
         return f"{does}, holds {held_by[unit.name]}"
     if netns and netns in unit.namespaces:

@@ -151,18 +151,16 @@ def second_tailscaled(unit: UnitFile) -> bool:
 
 
 def tailscaled_state(unit: UnitFile) -> str | None:
-    """Where a tailscaled keeps its state: --statedir, else the directory of --state (a
-    file path; `mem:` and `kube:` states are nowhere on disk)."""
+    """Where a tailscaled keeps its node: its --statedir (holding tailscaled.state), or its
+    --state file when that lies elsewhere (`mem:` and `kube:` states are nowhere on disk)."""
     argv = unit.runs("tailscaled")
     if argv is None:
         return None
-    statedir = option(argv, "statedir")
-    if statedir:
-        return statedir
-    state = option(argv, "state")
-    if state and os.path.isabs(state):
+    statedir, state = option(argv, "statedir"), option(argv, "state")
+    if state and os.path.isabs(state) and (
+            not statedir or os.path.normpath(state) != os.path.join(statedir, "tailscaled.state")):
         return state  # a file: migrate copies it as the instance's tailscaled.state
-    return None
+    return statedir
 
 
 def socat_listen(unit: UnitFile) -> Listen | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tsproxy import migrate
+from tsproxy import migrate, oldsetup
 from tsproxy.cli import main
 from tsproxy.errors import TsproxyError
 from tsproxy.instances import get_instance
@@ -349,3 +349,18 @@ def test_namespaces_to_choose_from(world: World) -> None:
                                            r"--from-netns NS"):
         migrate.plan(get_instance("farm"))
     assert migrate.plan(get_instance("farm"), "tsFGPU").netns == "tsFGPU"
+
+
+@pytest.mark.parametrize(("flags", "found"), [
+    ("--statedir=/var/lib/ts-x", "/var/lib/ts-x"),
+    ("--state=/var/lib/ts-x/tailscaled.state --statedir=/var/lib/ts-x", "/var/lib/ts-x"),
+    ("--state /srv/x.state", "/srv/x.state"),
+    ("--statedir=/var/lib/ts-x --state=/srv/x.state", "/srv/x.state"),
+    ("--state=mem:", None),
+])
+def test_where_the_old_state_is(tmp_path: Path, flags: str, found: str | None) -> None:
+    (tmp_path / "x.service").write_text(f"[Service]\nExecStart=-/usr/bin/env TS_DEBUG=1 "
+                                        f"ip netns exec tsX /usr/sbin/tailscaled {flags}\n")
+    unit = oldsetup.parse_unit("x.service", str(tmp_path / "x.service"))
+    assert unit.namespaces == {"tsX"} and oldsetup.second_tailscaled(unit)
+    assert oldsetup.tailscaled_state(unit) == found
