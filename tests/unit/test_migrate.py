@@ -337,6 +337,16 @@ def test_stop_runs_systemctl_and_deletes_the_namespace(world: World,
                    ["ip", "netns", "del", "tsFGPU"]]
 
 
+def test_stop_alone_says_how_to_keep_the_node(world: World, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tsproxy.migrate.run", lambda argv: stop_old_setup(world))
+    code, out, err = tsproxy(world, capsys, "fgpu", "--stop")
+    assert (code, err) == (0, "")
+    assert out.endswith("next: tsproxy migrate fgpu --state-from TMP/var/lib/tailscale-tsFGPU "
+                        "(keeps the node), then systemctl start tsproxy@fgpu\n")
+    assert not (world.root / "var/lib/tsproxy").exists()
+
+
 def test_namespaces_to_choose_from(world: World) -> None:
     units = Path(os.environ["TSPROXY_UNIT_DIRS"])
     (units / "tailscaled-tsLAB.service").write_text(

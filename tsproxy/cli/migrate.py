@@ -46,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
         aside = migrate.copy_state(plan.state_from, conf.name)
         print(f"copied {plan.state_from} to {state_dir(conf.name)}"
               f"{f' (the state it had is now {aside})' if aside else ''}")
-    if args.stop or copy:
+    if args.stop and not copy and plan.state_from:
+        # Started now, the instance would be a new node: say how to keep the old one.
+        print(f"next: tsproxy migrate {conf.name} --state-from {shlex.quote(plan.state_from)}"
+              f"{' --force' if plan.has_state else ''} (keeps the node), then "
+              f"systemctl start tsproxy@{conf.name}")
+    elif args.stop or copy:
         print(f"next: systemctl start tsproxy@{conf.name}; tsproxy status {conf.name}")
     sys.stdout.flush()
     return 0
