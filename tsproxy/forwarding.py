@@ -151,14 +151,19 @@ def _read() -> Holders:
     try:
         with open(path, encoding="utf-8") as file:
             value = json.load(file)
-        holders = Holders(list(value["instances"]), value["restore"])
+        instances, restore = value["instances"], value["restore"]
+        if not (isinstance(instances, list) and all(isinstance(i, str) for i in instances)):
+            raise ValueError("instances: not a list of names")
+        if restore is not None and not (isinstance(restore, dict) and IP_FORWARD in restore
+                                        and all(isinstance(v, str) for v in restore.values())):
+            raise ValueError(f"restore: not null or sysctls with {IP_FORWARD}")
     except FileNotFoundError:
         return Holders()
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise TsproxyError(f"{path}: not as tsproxy wrote it ({error}): stop every tsproxy@ "
                            "instance, delete it and set net.ipv4.ip_forward as the host "
                            "needs it") from None
-    return holders
+    return Holders(instances, restore)
 
 
 def _write(holders: Holders) -> None:

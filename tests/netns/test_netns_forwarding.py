@@ -134,3 +134,20 @@ def test_parallel_starts_and_stops_share_one_record(routed: FakeHost) -> None:
             assert guard_veths(routed) == [veths, veths]
             assert not crosses(routed)
     assert routed.state() == before
+
+
+def test_damaged_record_is_one_line(routed: FakeHost) -> None:
+    up(routed, "a")
+    routed.sh(f"echo '{{\"instances\": 3, \"restore\": null}}' >{FORWARDING}")
+    done = routed.tsproxy("down", "a")
+    assert done.returncode == 1
+    assert done.stderr == (f"tsproxy: a: {FORWARDING}: not as tsproxy wrote it (instances: not a "
+                           "list of names): stop every tsproxy@ instance, delete it and set "
+                           "net.ipv4.ip_forward as the host needs it\n")
+    # As it says: then the next start records the host afresh.
+    routed.run("rm", FORWARDING)
+    routed.sh("echo 0 >/proc/sys/net/ipv4/ip_forward")
+    up(routed, "a")
+    down(routed, "a")
+    assert routed.read("/proc/sys/net/ipv4/ip_forward") == "0\n"
+    assert guard_veths(routed) is None
