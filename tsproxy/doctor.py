@@ -19,7 +19,7 @@ import dnslib  # type: ignore[import-untyped]
 from tsproxy_generator.config import TailnetConf
 from tsproxy_generator.paths import NETNS_ETC_DIR
 
-from . import holders, nft
+from . import forwarding, holders, nft
 from .netns import HOST_RESOLV_CONF, NS_IFNAME, tailscaled_path
 from .status import Status
 
@@ -76,6 +76,10 @@ def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
     check("veth, addresses and route", network_problem(conf))
     check("nft table whole", None if status.nft_table else
           f"nft table inet {nft.table_name(name)} is missing or flushed")
+    if status.forwarding_guard is not None:
+        check("forwarding guard whole", None if status.forwarding_guard else
+              f"nft table {forwarding.GUARD_TABLE} is missing or flushed: the host forwards "
+              "for everyone")
     check("namespace resolv.conf", None if os.path.exists(
         os.path.join(NETNS_ETC_DIR, ns, "resolv.conf")) else f"{NETNS_ETC_DIR}/{ns}/resolv.conf "
           "is missing")

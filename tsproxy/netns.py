@@ -3,8 +3,9 @@
 `up` and `down` are ExecStart and ExecStop of tsproxy@NAME.service. Both converge: run
 again on a complete, half-made or missing setup, they end in the same state. The start
 path has a 1 s budget, so the work is a handful of subprocesses: `ip -batch` per namespace
-and one `nft -f -` transaction (the rules are in nft.py). The order keeps the namespace
-from ever being connected without its isolation rules.
+and two `nft -f -` transactions (the instance's rules are in nft.py, the host's forwarding
+in forwarding.py). The order keeps the namespace from ever being connected without its
+isolation rules.
 """
 
 from __future__ import annotations
@@ -14,26 +15,21 @@ import errno
 import ipaddress
 import json
 import os
-import re
 import shutil
 import socket
-import subprocess
 from dataclasses import dataclass
 from typing import Any
 
 from tsproxy_generator.config import ConfigError, TailnetConf, netns_name
 from tsproxy_generator.paths import NETNS_ETC_DIR, TAILSCALED
 
-from . import nft
+from . import command, forwarding, nft
 from .errors import TsproxyError
 
 NETNS_RUN_DIR = "/run/netns"  # where `ip netns add` pins a namespace
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 RESOLVED_UPSTREAMS = "/run/systemd/resolve/resolv.conf"
-IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 NS_IFNAME = "eth0"  # the namespace side of the veth; created there, never on the host
-COMMAND_TIMEOUT = 10
-PACKAGES = {"ip": "iproute2", "nft": "nftables"}
 
 
 def require_root(command: str,
@@ -52,6 +48,7 @@ class _Made:
     """What this run of `up` created, so a failure undoes that and nothing older."""
 
     table: bool = False
+    forwarding: bool = False  # joined the instances that hold the host's forwarding
     netns: bool = False
     veth: bool = False
     etc_dir: bool = False
@@ -64,17 +61,17 @@ def up(conf: TailnetConf) -> list[str]:
     if not os.access(tailscaled_path(), os.X_OK):
         raise TsproxyError(f"{name}: {tailscaled_path()} not found: install the tailscale package")
     _check_overlap(conf)
-    firewall = nft.parse_chains(_run(["nft", "-j", "list", "chains"]), name)
-    handles = (nft.parse_docker_handles(_run(["nft", "-j", *nft.docker_user_listing()]), name)
-               if firewall.docker_user else None)
+    firewall = nft.parse_chains(command.run(["nft", "-j", "list", "chains"]), name)
+    handles = (nft.parse_docker_handles(command.run(["nft", "-j", *nft.docker_user_listing()]),
+                                        name) if firewall.docker_user else None)
 
     made = _Made()
     try:
-        _enable_forwarding()
         # Rules before links: the namespace is never up without its isolation. They match
         # interface names, so they need no interface to exist yet.
         made.table = not firewall.table_exists
-        _run(["nft", "-f", "-"], nft.up_rules(name, conf.veth_subnet, handles))
+        command.run(["nft", "-f", "-"], nft.up_rules(name, conf.veth_subnet, handles))
+        made.forwarding = forwarding.join(name)
         host = []
         if not os.path.exists(netns_path(ns)):
             made.netns = True
@@ -110,7 +107,8 @@ def down(name: str) -> None:
     try:
         # Links before rules: the namespace is never up without its isolation.
         _delete_links(ns, veth=True, netns=True)
-        _run(["nft", "-f", "-"], nft.down_rules(name, _docker_handles(name)))
+        command.run(["nft", "-f", "-"], nft.down_rules(name, _docker_handles(name)))
+        forwarding.leave(name)
         _remove_etc_dir(ns)
     except (TsproxyError, OSError) as error:
         raise TsproxyError(f"{name}: {_message(error)}") from None
@@ -149,17 +147,6 @@ def _describe_route(route: dict[str, Any]) -> str:
 
 
 # -- pieces -------------------------------------------------------------------------------
-
-def _enable_forwarding() -> None:
-    # The namespace's egress is routed through the host, so forwarding must be on. `down`
-    # never turns it off: Docker, libvirt or the host's own routing may rely on it, and the
-    # kernel does not record who wanted it.
-    with open(IP_FORWARD) as current:
-        if current.read().strip() == "1":
-            return
-    with open(IP_FORWARD, "w") as setting:
-        setting.write("1\n")
-
 
 def _write_resolv_conf(name: str) -> list[str]:
     """Write the namespace's resolv.conf; the tailscaled unit binds it over /etc/resolv.conf.
@@ -215,7 +202,7 @@ def _usable_nameservers(path: str) -> list[str]:
 
 def _docker_handles(name: str) -> tuple[int, ...]:
     try:
-        listing = _run(["nft", "-j", *nft.docker_user_listing()])
+        listing = command.run(["nft", "-j", *nft.docker_user_listing()])
     except TsproxyError as error:
         if "No such file or directory" in str(error):  # no such table or chain: nothing of ours
             return ()
@@ -229,9 +216,12 @@ def _undo(name: str, made: _Made) -> None:
     ns = netns_name(name)
     with contextlib.suppress(TsproxyError):
         _delete_links(ns, veth=made.veth or made.netns, netns=made.netns)
+    if made.forwarding:
+        with contextlib.suppress(TsproxyError, OSError):
+            forwarding.leave(name)
     if made.table:
         with contextlib.suppress(TsproxyError):
-            _run(["nft", "-f", "-"], nft.down_rules(name, _docker_handles(name)))
+            command.run(["nft", "-f", "-"], nft.down_rules(name, _docker_handles(name)))
     if made.etc_dir:
         with contextlib.suppress(OSError):
             _remove_etc_dir(ns)
@@ -277,39 +267,7 @@ def _link_exists(ifname: str) -> bool:
 
 
 def _ip_batch(options: list[str], commands: list[str]) -> str:
-    return _run(["ip", *options, "-batch", "-"], "".join(f"{c}\n" for c in commands))
-
-
-def _run(argv: list[str], stdin: str | None = None) -> str:
-    try:
-        done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT)
-    except FileNotFoundError:
-        raise TsproxyError(f"{argv[0]} not found: install the {PACKAGES.get(argv[0], argv[0])} "
-                           "package") from None
-    except subprocess.TimeoutExpired:
-        raise TsproxyError(f"{' '.join(argv)} did not finish in {COMMAND_TIMEOUT} s") from None
-    if done.returncode != 0:
-        raise TsproxyError(_failure(argv, stdin, done.stderr))
-    return done.stdout
-
-
-def _failure(argv: list[str], stdin: str | None, stderr: str) -> str:
-    """One line: the command that failed (for a batch, its failing line) and ip's or nft's
-    first complaint."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    command = " ".join(argv)
-    # ip -batch ends with "Command failed -:N"; nft -f - starts with "/dev/stdin:N:...".
-    where = re.search(r"Command failed -:(\d+)$|^/dev/stdin:(\d+):", stderr, re.MULTILINE)
-    if stdin is not None and where:
-        number = int(where[1] or where[2])
-        failing = stdin.splitlines()[number - 1].strip() if number <= stdin.count("\n") else ""
-        if argv[0] == "ip":
-            command = " ".join([a for a in argv if a not in ("-batch", "-")] + [failing])
-        else:
-            command = f"{command} (line {number}: {failing})"
-    complaint = next((line for line in lines if not line.startswith("Command failed")), "failed")
-    return f"{command}: {complaint}"
+    return command.run(["ip", *options, "-batch", "-"], "".join(f"{c}\n" for c in commands))
 
 
 def _json_values(output: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from tsproxy_generator.config import TailnetConf, netns_name
 
-from . import holders, nft, systemd, watch
+from . import forwarding, holders, nft, systemd, watch
 from .instances import tailscaled_socket
 from .localapi import LocalAPI, LocalAPIError
 from .netns import tailscaled_path
@@ -69,6 +69,8 @@ class Status:
     # is down: restarting cannot help until it is stopped. Seen by root only.
     listen_held: str | None = None
     dns_listen_held: str | None = None
+    # The host's forwarding guard (forwarding.py), when tsproxy turned forwarding on.
+    forwarding_guard: bool | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,8 +161,9 @@ def _read_network(status: Status) -> None:
     shape = watch.look(status.name, with_table=can_read_nft())
     status.netns, status.veth = shape.netns is not None, shape.veth
     if can_read_nft():
-        # A flushed table keeps its chains and loses its rules.
-        status.nft_table = bool(shape.table) and any(rules for _, rules in shape.table or ())
+        status.nft_table = watch.whole(shape.table)
+        if shape.guard_due:
+            status.forwarding_guard = watch.whole(shape.guard)
 
 
 def _read_holders(status: Status, conf: TailnetConf) -> None:
@@ -195,7 +198,9 @@ def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str |
     ns = netns_name(name)
     gone = [what for what, there in ((f"network namespace {ns}", status.netns),
                                      (f"veth {ns}", status.veth),
-                                     (f"nft table inet {nft.table_name(name)}", status.nft_table))
+                                     (f"nft table inet {nft.table_name(name)}", status.nft_table),
+                                     (f"nft table {forwarding.GUARD_TABLE}",
+                                      status.forwarding_guard))
             if there is False]
     if gone:
         return (f"{', '.join(gone)} missing or flushed: {restart} "

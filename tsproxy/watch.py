@@ -3,11 +3,13 @@ rebuild it.
 
 `ip netns del ts-NAME`, `nft delete table inet tsproxy-NAME` or `nft flush ruleset` leave
 every unit of the instance "active": tailscaled and the proxy live on in a namespace no
-longer pinned, without NAT or isolation rules. Nothing in systemd sees that, so
-tsproxy-watch@NAME.service (started with the instance, bound to it) looks every
-INTERVAL seconds at what `up` made and, when a piece is missing or changed, restarts
+longer pinned, without NAT or isolation rules, and a host that did not forward before
+tsproxy forwards for everyone once the guard of forwarding.py is gone. Nothing in systemd
+sees that, so tsproxy-watch@NAME.service (started with the instance, bound to it) looks
+every INTERVAL seconds at what `up` made and, when a piece is missing or changed, restarts
 tsproxy@NAME: `down` and `up` converge from any half-made state, and the instance's other
-units restart with it. A probe costs a stat, an ioctl and one `nft -j list table`.
+units restart with it. A probe costs a stat, an ioctl, and one `nft -j list table` (two
+while the guard is due).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 from tsproxy_generator.config import netns_name
 
-from . import nft
+from . import forwarding, nft
 from .netns import netns_path
 
 INTERVAL = 2.0  # detection within 2 s, the rebuild in about 1 s more: well inside 10 s
@@ -37,6 +39,10 @@ class Shape:
     netns: tuple[int, int] | None  # (st_dev, st_ino) of /run/netns/ts-NAME: the namespace
     veth: bool  # the host end of the veth exists
     table: tuple[tuple[str, int], ...] | None  # (chain, number of rules) of the nft table
+    # Whether tsproxy turned the host's forwarding on, so its guard must be there; and the
+    # guard's shape, like the table's.
+    guard_due: bool = False
+    guard: tuple[tuple[str, int], ...] | None = None
 
 
 def look(name: str, with_table: bool = True) -> Shape:
@@ -51,13 +57,17 @@ def look(name: str, with_table: bool = True) -> Shape:
         veth = True
     except OSError:
         veth = False
-    return Shape(netns, veth, table_shape(list_table(name)) if with_table else None)
+    if not with_table:
+        return Shape(netns, veth, None)
+    due = forwarding.guarded()
+    return Shape(netns, veth, table_shape(list_table(f"inet {nft.table_name(name)}")),
+                 due, table_shape(list_table(forwarding.GUARD_TABLE)) if due else None)
 
 
-def list_table(name: str) -> str | None:
-    """`nft -j list table` of the instance, None when there is no such table."""
+def list_table(table: str) -> str | None:
+    """`nft -j list table FAMILY NAME`, None when there is no such table."""
     try:
-        done = subprocess.run(["nft", "-j", "list", "table", "inet", nft.table_name(name)],
+        done = subprocess.run(["nft", "-j", "list", "table", *table.split()],
                               capture_output=True, text=True, timeout=NFT_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -83,6 +93,11 @@ def table_shape(listing: str | None) -> tuple[tuple[str, int], ...] | None:
     return tuple(sorted(counts.items()))
 
 
+def whole(shape: tuple[tuple[str, int], ...] | None) -> bool:
+    """A table is there with its rules: a flushed one keeps its chains and loses the rules."""
+    return bool(shape) and any(rules for _, rules in shape or ())
+
+
 def problems(name: str, made: Shape, now: Shape) -> list[str]:
     """What differs from the shape `up` left (empty: all is well)."""
     ns, table = netns_name(name), f"inet {nft.table_name(name)}"
@@ -97,6 +112,10 @@ def problems(name: str, made: Shape, now: Shape) -> list[str]:
         found.append(f"nft table {table} is gone")
     elif now.table != made.table:
         found.append(f"nft table {table} was changed or flushed")
+    if now.guard_due and now.guard is None:
+        found.append(f"nft table {forwarding.GUARD_TABLE} is gone")
+    elif now.guard_due and made.guard is not None and now.guard != made.guard:
+        found.append(f"nft table {forwarding.GUARD_TABLE} was changed or flushed")
     return found
 
 

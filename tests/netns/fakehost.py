@@ -35,6 +35,7 @@ PORT = 8080
 UPLINKS = {"a": ("198.51.100.1", "198.51.100.2", 24), "b": ("203.0.113.1", "203.0.113.2", 24)}
 TAILSCALE_IP = "100.64.0.1"
 OUR_NAMES = ("ts-", "inet-", "up-", "tailscale0", "tsproxy-")
+FORWARDING = "/run/tsproxy/forwarding.json"  # who holds the host's forwarding
 TIMEOUT = 20  # seconds for any one command; each takes a small fraction of that
 
 # Run by the holder: make the mounts private to the fake host, report, then wait for stdin
@@ -125,9 +126,18 @@ class FakeHost:
         self.spawn(*_inside(ns), sys.executable, str(WHOAMI), address, str(PORT))
 
     def tsproxy(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO),
-               "TSPROXY_CONF_DIR": str(self.conf_dir), "TSPROXY_TAILSCALED": str(self.tailscaled)}
-        return self.run(sys.executable, "-m", "tsproxy", *args, check=False, env=env)
+        return self.run(sys.executable, "-m", "tsproxy", *args, check=False, env=self._env())
+
+    def start_tsproxy(self, *args: str) -> subprocess.Popen[str]:
+        """`tsproxy ARGS` in the background, beside others."""
+        return subprocess.Popen(
+            ["nsenter", f"--target={self.holder.pid}", "--net", "--mount", "--",
+             sys.executable, "-m", "tsproxy", *args], env=self._env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def _env(self) -> dict[str, str]:
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO),
+                "TSPROXY_CONF_DIR": str(self.conf_dir), "TSPROXY_TAILSCALED": str(self.tailscaled)}
 
     def curl(self, ns: str | None, address: str,
              timeout: float = 5) -> subprocess.CompletedProcess[str]:
@@ -166,6 +176,8 @@ class FakeHost:
             "routes": self.json("ip", "-j", "-4", "route", "show", "table", "all"),
             "nft": _ruleset(self.json("nft", "-j", "list", "ruleset")),
             "etc_netns": self.sh("cd /etc && find netns 2>/dev/null | sort || true").split(),
+            "ipv4_sysctls": self.sysctls(),
+            "forwarding_record": self.run("test", "-e", FORWARDING, check=False).returncode == 0,
             "in_namespaces": {ns: {"links": _links(self.json("ip", "-n", ns, "-j", "addr")),
                                    "routes": self.json("ip", "-n", ns, "-j", "route")}
                               for ns in netns if ns.startswith("ts-")},
@@ -173,6 +185,13 @@ class FakeHost:
 
     def read(self, path: str) -> str:
         return self.run("cat", path).stdout
+
+    def sysctls(self) -> dict[str, str]:
+        """ip_forward and what writing it resets: every conf/*/forwarding and
+        accept_redirects."""
+        lines = self.sh("cd /proc/sys/net/ipv4 && grep -H . ip_forward conf/*/forwarding "
+                        "conf/*/accept_redirects").splitlines()
+        return dict(line.split(":", 1) for line in lines)
 
 
 def _inside(ns: str | None) -> list[str]:

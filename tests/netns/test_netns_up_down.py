@@ -66,8 +66,9 @@ def test_up_builds_namespace_veth_routes_and_resolv_conf(one: FakeHost) -> None:
                  'oifname "ts-a" ct state established,related accept',
                  'iifname "ts-a" ct state established,related accept'):
         assert rule in rules
-    # Nothing but its own table.
-    assert one.run("nft", "list", "tables").stdout == "table inet tsproxy-a\n"
+    # Nothing but its own table, and the guard of the forwarding it turned on.
+    assert one.run("nft", "list", "tables").stdout == ("table inet tsproxy-a\n"
+                                                       "table ip tsproxy-forward-guard\n")
 
 
 def test_egress_through_both_uplinks_with_nat(one: FakeHost) -> None:
@@ -118,8 +119,8 @@ def test_down_removes_exactly_what_up_made(one: FakeHost) -> None:
     assert one.state() == before
     down(one, "a")
     assert one.state() == before
-    # Others may rely on forwarding: it stays on.
-    assert one.read("/proc/sys/net/ipv4/ip_forward") == "1\n"
+    # The fake host did not forward before: it gets that back (state() has the sysctls).
+    assert one.read("/proc/sys/net/ipv4/ip_forward") == "0\n"
 
 
 def test_down_after_conf_is_deleted(one: FakeHost) -> None:

@@ -35,13 +35,13 @@ ip -n internet link set lo up
 ip route add default via {INTERNET}
 """
 
-# A web server in the fake internet that answers with the address it saw the client at.
-WHOAMI = ("import http.server as h\n"
+# A web server that answers with the address it saw the client at (argv[1]: where it listens).
+WHOAMI = ("import http.server as h, sys\n"
           "class W(h.BaseHTTPRequestHandler):\n"
           "    def do_GET(self):\n"
           "        self.send_response(200); self.end_headers()\n"
           "        self.wfile.write(self.client_address[0].encode())\n"
-          f"h.HTTPServer(('{INTERNET}', 8080), W).serve_forever()\n")
+          "h.HTTPServer((sys.argv[1], 8080), W).serve_forever()\n")
 
 
 def tsproxy_deb() -> Path:
@@ -54,9 +54,14 @@ def tsproxy_deb() -> Path:
 def bring_up_network(container: Container) -> None:
     """The network a host has at boot (run again after each reboot: none of it persists)."""
     container.run(NETWORK)
+    serve_whoami(container, "internet", INTERNET)
+
+
+def serve_whoami(container: Container, netns: str, address: str) -> None:
+    """The whoami web server on address:8080 in namespace netns, as unit NETNS-web."""
     container.write_file("/root/whoami.py", WHOAMI)
-    container.run("systemd-run --unit=internet-web -p NetworkNamespacePath=/run/netns/internet "
-                  "/usr/bin/python3 /root/whoami.py")
+    container.run(f"systemd-run --unit={netns}-web -p NetworkNamespacePath=/run/netns/{netns} "
+                  f"/usr/bin/python3 /root/whoami.py {address}")
 
 
 def install(container: Container, tailscale_deb: Path, confs: dict[str, str]) -> None:

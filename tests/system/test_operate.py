@@ -155,7 +155,9 @@ def test_doctor(booted_debian: Container, tailscale_deb: Path) -> None:
     done = c.run("tsproxy doctor", check=False)
     assert done.returncode == 3 and fails(done.stdout) == login, done.stdout
     for check in ("conf valid", "generator output present and current", "netns present",
-                  "veth, addresses and route", "nft table whole", "tailscaled running",
+                  "veth, addresses and route", "nft table whole",
+                  "forwarding guard whole",  # the container did not forward before
+                  "tailscaled running",
                   "proxy socket bound", "DNS answers an IP-embedded name",
                   "watchdog running"):
         assert f"ok    fgpu: {check}\n" in done.stdout, (check, done.stdout)

@@ -165,6 +165,14 @@ def test_status_says_what_is_wrong(world: Path, capsys: pytest.CaptureFixture[st
                          "within seconds)")
     NETWORK["fgpu"] = Shape((4, 0), False, None)  # ip link del, nft delete table
     assert problem().startswith("veth ts-fgpu, nft table inet tsproxy-fgpu missing or flushed")
+    # `nft flush ruleset` on a host where tsproxy turned forwarding on: its guard goes too.
+    NETWORK["fgpu"] = Shape((4, 0), True, None, guard_due=True)
+    assert problem().startswith("nft table inet tsproxy-fgpu, nft table ip tsproxy-forward-guard "
+                                "missing or flushed")
+    NETWORK["fgpu"] = Shape((4, 0), True, (("forward", 6), ("input", 2)), guard_due=True,
+                            guard=(("forward", 3),))
+    code, out, _ = tsproxy(world, capsys, "status", "--json", "fgpu")
+    assert code == 0 and json.loads(out)[0]["forwarding_guard"] is True
     NETWORK["fgpu"] = Shape((4, 0), True, (("forward", 6), ("input", 2)))
     os.unlink(world / "run/fgpu/tailscaled.sock")  # tailscaled gone, systemd not told yet
     assert problem() == "TMP/run/fgpu/tailscaled.sock: tailscaled is not running (no socket)"

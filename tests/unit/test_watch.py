@@ -58,6 +58,29 @@ def test_problems(now: Shape, expected: list[str]) -> None:
     assert watch.problems("fgpu", MADE, now) == expected
 
 
+GUARD = (("forward", 3),)
+GUARDED = Shape(MADE.netns, True, MADE.table, guard_due=True, guard=GUARD)
+
+
+@pytest.mark.parametrize("made, now, expected", [
+    (GUARDED, GUARDED, []),
+    # The instance set changes the guard's veth names, never its shape.
+    (GUARDED, Shape(MADE.netns, True, MADE.table, guard_due=True, guard=GUARD), []),
+    (GUARDED, Shape(MADE.netns, True, MADE.table, guard_due=True),
+     ["nft table ip tsproxy-forward-guard is gone"]),
+    (GUARDED, Shape(MADE.netns, True, MADE.table, guard_due=True, guard=(("forward", 0),)),
+     ["nft table ip tsproxy-forward-guard was changed or flushed"]),
+    # Gone before the watchdog's first look: due is enough to know it is missing.
+    (Shape(MADE.netns, True, MADE.table, guard_due=True),
+     Shape(MADE.netns, True, MADE.table, guard_due=True),
+     ["nft table ip tsproxy-forward-guard is gone"]),
+    # The host forwarded before tsproxy: no guard is due, none is looked for.
+    (MADE, MADE, []),
+])
+def test_guard_problems(made: Shape, now: Shape, expected: list[str]) -> None:
+    assert watch.problems("fgpu", made, now) == expected
+
+
 def run_watch(looks: list[Shape], repairs: list[bool]) -> tuple[list[str], list[float]]:
     """Run the loop over these looks; returns the repairs asked for and the sleeps."""
     asked: list[str] = []
