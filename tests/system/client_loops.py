@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 Judge = Callable[[subprocess.CompletedProcess[str]], str | None]
@@ -24,15 +25,18 @@ class Loop(threading.Thread):
         self.ok = 0
         self.failures: list[str] = []
         self.failed = 0
+        self.slowest = 0.0  # seconds of the longest run: what a client waited at worst
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
+            started = time.monotonic()
             try:
                 done = subprocess.run(self.argv, capture_output=True, text=True, timeout=30)
                 problem = self.judge(done)
             except subprocess.TimeoutExpired:
                 problem = "no answer within 30 s"
+            self.slowest = max(self.slowest, time.monotonic() - started)
             if problem is None:
                 self.ok += 1
             else:
@@ -45,7 +49,8 @@ class Loop(threading.Thread):
         self._stop_event.set()
 
     def summary(self) -> str:
-        return f"{self.what}: {self.ok} ok, {self.failed} failed {self.failures}"
+        return (f"{self.what}: {self.ok} ok, {self.failed} failed {self.failures}, "
+                f"slowest {self.slowest:.2f} s")
 
 
 @contextlib.contextmanager
