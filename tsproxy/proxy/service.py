@@ -135,7 +135,7 @@ async def _main(conf: TailnetConf, server: Server, options: Options) -> None:
     try:
         await serving
     except asyncio.CancelledError:
-        log_line(f"{conf.name}: stopping")
+        log_line(f"{conf.name}: stopped")
     finally:
         if writer is not None:
             writer.cancel()
