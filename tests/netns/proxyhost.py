@@ -209,9 +209,13 @@ class ProxyWorld:
             time.sleep(0.1)
 
     def proxy_pid(self) -> int:
-        """The pid of the proxy process itself (the one systemd-socket-activate became)."""
+        """The pid of the proxy process itself (the one systemd-socket-activate became).
+        Looked for in the session start_proxy made: a booted container of another test on
+        this machine runs a `tsproxy proxy fgpu` too, and must not get this test's signals."""
         self.wait_log(r"proxy listening on")
-        done = self.fake.run("pgrep", "-f", "-n", f"tsproxy proxy {NAME}")
+        assert self.proxy is not None
+        done = self.fake.run("pgrep", "-f", "-n", "-s", str(self.proxy.pid),
+                             f"tsproxy proxy {NAME}")
         return int(done.stdout.split()[0])
 
     # -- clients ---------------------------------------------------------------------------

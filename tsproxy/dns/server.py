@@ -5,6 +5,9 @@ datagrams), so under load one wakeup serves many queries; the fast path answers 
 callback, everything else becomes a task, at most MAX_PENDING at once (beyond that a query is
 dropped, as a busy server's UDP is, and the client retries). TCP (RFC 7766) takes pipelined
 queries one after another, with an idle timeout and a cap on connections.
+
+drain() is the way out on SIGTERM: it reads nothing more (what arrives stays queued in
+systemd's sockets for the next responder, a restart on upgrade) and answers what it has read.
 """
 
 from __future__ import annotations
@@ -34,27 +37,47 @@ class DnsServer:
         self.log = log
         self._pending: set[asyncio.Task[None]] = set()
         self._tcp_clients = 0
+        self._servers: list[asyncio.Server] = []
+        self._tcp_tasks: set[asyncio.Task[object]] = set()
+        self._tcp_waiting: set[asyncio.Task[object]] = set()  # those between two queries
+        self._draining = False
         self.dropped = 0
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        servers = []
         for sock in self.sockets:
             sock.setblocking(False)
             if sock.type == socket.SOCK_DGRAM:
                 loop.add_reader(sock.fileno(), self._readable, sock)
             else:
-                servers.append(await asyncio.start_server(self._tcp, sock=sock))
+                self._servers.append(await asyncio.start_server(self._tcp, sock=sock))
         try:
             await asyncio.Event().wait()
         finally:
-            for sock in self.sockets:
-                if sock.type == socket.SOCK_DGRAM:
-                    loop.remove_reader(sock.fileno())
-            for server in servers:
-                server.close()
+            self._stop_reading()
             for task in list(self._pending):
                 task.cancel()
+
+    def _stop_reading(self) -> None:
+        """No new query: datagrams and connections that arrive now stay queued in systemd's
+        sockets (only this process's descriptors close) for the next responder."""
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            if sock.type == socket.SOCK_DGRAM:
+                loop.remove_reader(sock.fileno())
+        for server in self._servers:
+            server.close()
+
+    async def drain(self, grace: float) -> None:
+        """Answer the queries already read, for at most `grace` seconds, and read no more: a
+        TCP client waiting to send its next query is closed (RFC 7766 lets it retry)."""
+        self._draining = True
+        self._stop_reading()
+        for task in self._tcp_waiting:
+            task.cancel()
+        busy = self._pending | self._tcp_tasks
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
 
     def _readable(self, sock: socket.socket) -> None:
         responder = self.responder
@@ -86,10 +109,15 @@ class DnsServer:
             writer.transport.abort()
             return
         self._tcp_clients += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tcp_tasks.add(task)
         try:
-            while True:
+            while not self._draining:
                 async with asyncio.timeout(TCP_IDLE):
+                    self._tcp_waiting.add(task)
                     length = int.from_bytes(await reader.readexactly(2), "big")
+                    self._tcp_waiting.discard(task)
                     query = await reader.readexactly(length)
                 responder = self.responder
                 reply = responder.answer_now(query) or await responder.answer(query, udp=False)
@@ -102,6 +130,8 @@ class DnsServer:
             pass  # the client went away, lied about a length, or stalled: just close
         finally:
             self._tcp_clients -= 1
+            self._tcp_tasks.discard(task)
+            self._tcp_waiting.discard(task)
             writer.transport.abort()
 
 

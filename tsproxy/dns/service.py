@@ -24,6 +24,9 @@ from .server import DnsServer
 from .zones import Zones
 
 CONF_POLL = 2.0
+# Seconds a stopping responder (SIGTERM: a restart on upgrade) gives the queries it has read:
+# an answer that waits on a tailscaled takes at most QUERY_TIMEOUT.
+DRAIN_GRACE = 5.0
 
 
 def conf_signature(directory: str) -> tuple[tuple[str, int, int, int], ...]:
@@ -83,6 +86,7 @@ def run(sockets: list[socket.socket], run_dir: str | None = None,
         loop.add_signal_handler(signal.SIGHUP, reload)
         tasks = [asyncio.ensure_future(server.serve()), asyncio.ensure_future(watch())]
         await stop.wait()
+        await server.drain(DRAIN_GRACE)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

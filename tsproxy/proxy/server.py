@@ -57,6 +57,7 @@ ACCEPT_BATCH = 64  # connections taken per wakeup, so one busy listener cannot s
 ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE and friends
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 LOG_PAUSES_EVERY = 10.0  # seconds between "accepting paused" lines in a long shortage
+DRAIN_POLL = 0.05  # seconds between looks at the open connections while draining
 
 Handshake = Socks5Handshake | HttpConnectHandshake
 Dial = Callable[[Sequence[Address], int], Awaitable[socket.socket]]
@@ -99,8 +100,25 @@ class Server:
             try:
                 await loop.create_future()  # forever: the work happens in callbacks and tasks
             finally:
-                loop.remove_reader(self.listener.fileno())
-                self._group = None
+                self.stop_accepting()
+
+    def stop_accepting(self) -> None:
+        """Take no new connection. Only this process's descriptor of the listening socket is
+        closed: systemd's stays open, so connections that arrive now wait in its backlog for
+        the next proxy (a restart on upgrade)."""
+        if self._group is not None:
+            self.loop.remove_reader(self.listener.fileno())
+            self._group = None
+            self.listener.close()
+
+    async def drain(self, grace: float) -> int:
+        """Stop accepting and give the connections in flight up to `grace` seconds to end by
+        themselves; returns how many are still open (the caller cuts them by cancelling)."""
+        self.stop_accepting()
+        deadline = self.loop.time() + grace
+        while self.stats.active and self.loop.time() < deadline:
+            await asyncio.sleep(DRAIN_POLL)
+        return self.stats.active
 
     # -- accepting ---------------------------------------------------------------------------
 

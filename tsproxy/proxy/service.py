@@ -1,5 +1,8 @@
 """One proxy process: builds the server from a conf and runs it until SIGTERM.
 
+SIGTERM drains: no new connection is taken (they wait in systemd's socket for the next
+process), the ones in flight get DRAIN_GRACE seconds, then the rest are cut and it exits 0.
+
 SIGHUP re-reads the users file (a bad file keeps the old one and says why). The counters
 file is written every few seconds and once more on the way out.
 """
@@ -31,6 +34,10 @@ from .server import HANDSHAKE_TIMEOUT, Server
 from .stats import Stats, StatsFile, log_line
 
 FDS_PER_CONNECTION = 2  # client and upstream sockets; pipes are pooled and few
+# Seconds a stopping proxy (SIGTERM: a restart on upgrade, say) lets the connections in flight
+# end by themselves before cutting them: a request finishes, a long download or an ssh session
+# through the proxy is cut. TimeoutStopSec= in tsproxy-socks@.service leaves room for it.
+DRAIN_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Options:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     dial_timeout: float = DIAL_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    drain_grace: float = DRAIN_GRACE
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -109,21 +117,41 @@ def run(conf: TailnetConf, listener: socket.socket, options: Options) -> int:
 async def _main(conf: TailnetConf, server: Server, options: Options) -> None:
     loop = asyncio.get_running_loop()
     serving = asyncio.ensure_future(server.serve())
+    draining: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        # The first signal drains, a second one cuts every connection at once.
+        if draining:
+            serving.cancel()
+        else:
+            draining.append(asyncio.ensure_future(_drain(conf, server, serving,
+                                                         options.drain_grace)))
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, serving.cancel)
+        loop.add_signal_handler(signum, stop)
     loop.add_signal_handler(signal.SIGHUP, _reload_users, conf, server)
     stats_file = StatsFile(server.stats, options.stats_path) if options.stats_path else None
     writer = asyncio.ensure_future(stats_file.run()) if stats_file else None
     try:
         await serving
     except asyncio.CancelledError:
-        log_line(f"{conf.name}: stopping")
+        log_line(f"{conf.name}: stopped")
     finally:
         if writer is not None:
             writer.cancel()
         if stats_file is not None:
             with contextlib.suppress(OSError):
                 stats_file.write()
+
+
+async def _drain(conf: TailnetConf, server: Server, serving: asyncio.Future[None],
+                 grace: float) -> None:
+    log_line(f"{conf.name}: stopping: no new connections; {server.stats.active} open, "
+             f"given up to {grace:g} s to end")
+    left = await server.drain(grace)
+    if left:
+        log_line(f"{conf.name}: cutting {left} connection(s) still open after {grace:g} s")
+    serving.cancel()
 
 
 def _reload_users(conf: TailnetConf, server: Server) -> None:
