@@ -128,7 +128,7 @@ def _mirrors_from_sources(path: Path, suite: str) -> list[str]:
     return found
 
 
-def _host_codename() -> str:
+def host_codename() -> str:
     try:
         text = Path("/etc/os-release").read_text()
     except OSError:
@@ -149,7 +149,7 @@ def host_mirror(suite: str = SUITE) -> str:
     candidates = [etc / "sources.list"]
     if (etc / "sources.list.d").is_dir():
         candidates += sorted((etc / "sources.list.d").iterdir())
-    for wanted in dict.fromkeys([suite, _host_codename(), *SUITES]):
+    for wanted in dict.fromkeys([suite, host_codename(), *SUITES]):
         if not wanted:
             continue
         for path in candidates:
@@ -160,7 +160,7 @@ def host_mirror(suite: str = SUITE) -> str:
     raise ContainerError(f"no apt source for suite {suite!r} (nor for {', '.join(SUITES)}) found under /etc/apt")
 
 
-def _run_logged(cmd: Sequence[str], logfile: Path, **kwargs) -> None:
+def run_logged(cmd: Sequence[str], logfile: Path, **kwargs) -> None:
     """Run a long build step with its output in `logfile`; raise with the tail on failure."""
     with logfile.open("a") as out:
         out.write(f"\n$ {shlex.join(cmd)}\n")
@@ -200,7 +200,7 @@ def configure_root(root: Path, mirror: str, suite: str = SUITE) -> None:
 
 def build_base_root(dest: Path, mirror: str, logfile: Path, packages: Sequence[str] = BASE_PACKAGES,
                     suite: str = SUITE) -> None:
-    _run_logged(
+    run_logged(
         ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(dest), mirror],
         logfile,
     )
@@ -208,7 +208,7 @@ def build_base_root(dest: Path, mirror: str, logfile: Path, packages: Sequence[s
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Serialize builds of the cache between concurrent test sessions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as lock:
@@ -228,7 +228,7 @@ def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUIT
     image = cache / f"debian-{suite}-base-{image_key(packages, suite)}"
     if image.is_dir():
         return image
-    with _locked(cache / f".debian-{suite}-base.lock"):
+    with locked(cache / f".debian-{suite}-base.lock"):
         if image.is_dir():  # built by another session while we waited
             return image
         mirror = host_mirror(suite)
