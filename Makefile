@@ -33,6 +33,11 @@ $(DEB): $(shell git ls-files 2>/dev/null) | build-deps
 		build/pkg/tsproxy_$(VERSION)_all.changes dist/
 	@echo "built $(DEB)"
 
+# A signed apt repository of the package in dist/apt (see tools/make-repo for the key).
+repo: $(DEB)
+	tools/install-deps repo
+	tools/make-repo
+
 demo: deps deb
 	$(PYTHON) tests/demo.py
 
