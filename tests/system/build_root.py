@@ -22,9 +22,8 @@ from pathlib import Path
 
 from images import (
     ContainerError,
-    cache_dir,
+    cached_root,
     ensure_base_image,
-    locked,
     make_root,
     release_root,
     run_logged,
@@ -66,31 +65,16 @@ def run_in_root(root: Path, script: str, *options: str, logfile: Path | None = N
 def ensure_build_image(suite: str) -> Path:
     """The cached build root of `suite`, made first if needed (a minute or two, with network)."""
     base = ensure_base_image(suite=suite)
-    cache = cache_dir()
-    image = cache / f"debian-{suite}-build-{_control_key(suite, base)}"
-    if image.is_dir():
-        return image
-    with locked(cache / f".debian-{suite}-build.lock"):
-        if image.is_dir():
-            return image
-        workdir = Path(tempfile.mkdtemp(prefix=".debian-build-", dir=cache))
-        try:
-            root = workdir / "root"
-            subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(root)], check=True)
-            (root / "src/debian").mkdir(parents=True)
-            shutil.copy(REPO / "debian/control", root / "src/debian/control")
-            logfile = image.with_name(image.name + ".log")
-            logfile.write_text("")
-            script = ("set -e; apt-get update -q; apt-get build-dep -y -q /src; "
-                      f"apt-get install -y -q {' '.join(TOOLS)}; apt-get clean; rm -rf /src /var/lib/apt/lists/*")
-            run_in_root(root, script, "--setenv=DEBIAN_FRONTEND=noninteractive", logfile=logfile)
-            root.rename(image)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        for old in cache.glob(f"debian-{suite}-build-*"):
-            if old.is_dir() and old != image:
-                shutil.rmtree(old, ignore_errors=True)
-    return image
+
+    def make(root: Path, logfile: Path) -> None:
+        subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(root)], check=True)
+        (root / "src/debian").mkdir(parents=True)
+        shutil.copy(REPO / "debian/control", root / "src/debian/control")
+        script = ("set -e; apt-get update -q; apt-get build-dep -y -q /src; "
+                  f"apt-get install -y -q {' '.join(TOOLS)}; apt-get clean; rm -rf /src /var/lib/apt/lists/*")
+        run_in_root(root, script, "--setenv=DEBIAN_FRONTEND=noninteractive", logfile=logfile)
+
+    return cached_root(suite, "build", _control_key(suite, base), make)
 
 
 def copy_source(dest: Path) -> None:

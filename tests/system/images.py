@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -216,37 +216,43 @@ def locked(path: Path) -> Iterator[None]:
         yield
 
 
+def cached_root(suite: str, kind: str, key: str, make: Callable[[Path, Path], None]) -> Path:
+    """The cached root directory debian-SUITE-KIND-KEY, made first by `make(root, logfile)` if
+    missing. One session makes it while the others wait; older KEYs of the kind are deleted."""
+    cache = cache_dir()
+    image = cache / f"debian-{suite}-{kind}-{key}"
+    if image.is_dir():
+        return image
+    with locked(cache / f".debian-{suite}-{kind}.lock"):
+        if image.is_dir():  # built by another session while we waited
+            return image
+        workdir = Path(tempfile.mkdtemp(prefix=f".debian-{kind}-", dir=cache))
+        try:
+            root = workdir / "root"
+            logfile = image.with_name(image.name + ".log")
+            logfile.write_text("")
+            started = time.monotonic()
+            make(root, logfile)
+            log.info("%s: the %s root took %.0fs", suite, kind, time.monotonic() - started)
+            root.rename(image)  # atomic: readers only ever see a whole image
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        for old in cache.glob(f"debian-{suite}-{kind}-*"):
+            if old.is_dir() and old != image:
+                shutil.rmtree(old, ignore_errors=True)
+    return image
+
+
 def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUITE) -> Path:
     """The cached base root directory of `suite`, built first if needed (about a minute).
 
     Treat it as read-only: containers get a private overlay or copy of it
     (see make_root()), never the directory itself.
     """
-    cache = cache_dir()
     if suite not in SUITES:
         raise ContainerError(f"unsupported suite {suite!r}: one of {', '.join(SUITES)}")
-    image = cache / f"debian-{suite}-base-{image_key(packages, suite)}"
-    if image.is_dir():
-        return image
-    with locked(cache / f".debian-{suite}-base.lock"):
-        if image.is_dir():  # built by another session while we waited
-            return image
-        mirror = host_mirror(suite)
-        workdir = Path(tempfile.mkdtemp(prefix=".debian-base-", dir=cache))
-        try:
-            root = workdir / "root"
-            logfile = image.with_name(image.name + ".log")
-            logfile.write_text("")
-            started = time.monotonic()
-            build_base_root(root, mirror, logfile, packages, suite)
-            log.info("%s: debootstrap + configure took %.0fs", suite, time.monotonic() - started)
-            root.rename(image)  # atomic: readers only ever see a whole image
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        for old in cache.glob(f"debian-{suite}-base-*"):
-            if old.is_dir() and old != image:
-                shutil.rmtree(old, ignore_errors=True)
-    return image
+    return cached_root(suite, "base", image_key(packages, suite),
+                       lambda root, logfile: build_base_root(root, host_mirror(suite), logfile, packages, suite))
 
 
 def _mount_overlay(lower: Path, workdir: Path) -> Path | None:
