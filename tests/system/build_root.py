@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from images import (
@@ -77,24 +79,30 @@ def ensure_build_image(suite: str) -> Path:
     return cached_root(suite, "build", _control_key(suite, base), make)
 
 
+def source_tar(*under: str) -> bytes:
+    """The tracked files of the checkout (as they are on disk), all or those `under` the
+    given paths, as a tar archive."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--", *under], check=True,
+                           capture_output=True).stdout
+    return subprocess.run(["tar", "-C", str(REPO), "--null", "-T", "-", "-c"], input=files, check=True,
+                          capture_output=True).stdout
+
+
 def copy_source(dest: Path) -> None:
-    """The tracked files of the checkout (as they are on disk), as a source tree at `dest`."""
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z"], check=True, capture_output=True).stdout
+    """The checkout's source tree (source_tar()) at `dest`."""
     dest.mkdir(parents=True)
-    tar = subprocess.run(["tar", "-C", str(REPO), "--null", "-T", "-", "-c"], input=files, check=True,
-                         capture_output=True).stdout
-    subprocess.run(["tar", "-C", str(dest), "-x"], input=tar, check=True)
+    subprocess.run(["tar", "-C", str(dest), "-x"], input=source_tar(), check=True)
 
 
 LINTIAN_LINE = re.compile(r"^([EWIPXO]): ", re.M)
 
 
+@dataclass(frozen=True)
 class Built:
     """What a build in a root made: the files next to the source, and lintian's verdict."""
 
-    def __init__(self, outdir: Path, lintian: str) -> None:
-        self.outdir = outdir
-        self.lintian = lintian
+    outdir: Path
+    lintian: str
 
     def file(self, pattern: str) -> Path:
         found = sorted(self.outdir.glob(pattern))
@@ -104,10 +112,7 @@ class Built:
 
     def lintian_counts(self) -> dict[str, int]:
         """Tags by severity letter (E, W, I, P...) in lintian's output."""
-        counts: dict[str, int] = {}
-        for letter in LINTIAN_LINE.findall(self.lintian):
-            counts[letter] = counts.get(letter, 0) + 1
-        return counts
+        return dict(Counter(LINTIAN_LINE.findall(self.lintian)))
 
 
 _built: dict[str, Built] = {}

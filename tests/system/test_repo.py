@@ -78,11 +78,9 @@ def served(debian_suite: str, tailscale_deb: Path, keys: dict[str, Path],
             c.run("systemd-run --unit=apt-repo python3 -m http.server --bind 127.0.0.1 8000 --directory /srv/apt")
             wait_for(lambda: c.run(f"curl -sf -o /dev/null {URL}/InRelease", check=False).returncode == 0,
                      what="the repository's web server")
-            source = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "debian"], check=True,
-                                    capture_output=True).stdout
-            tar = subprocess.run(["tar", "-C", str(REPO), "--null", "-T", "-", "-c"], input=source, check=True,
-                                 capture_output=True).stdout
-            c.run("mkdir -p /src/tsproxy && tar -C /src/tsproxy -x", input=tar, text=False)
+            # autopkgtest reads debian/ of the source: debian/tests and debian/control.
+            c.run("mkdir -p /src/tsproxy && tar -C /src/tsproxy -x", input=build_root.source_tar("debian"),
+                  text=False)
             yield c
         except BaseException:
             print(c.debug_dump())
