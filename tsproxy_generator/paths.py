@@ -2,7 +2,9 @@
 runtime and the unit templates (units/ are rendered with these names at package build)."""
 
 CONF_DIR = "/etc/tsproxy.d"
-UNIT_DIR = "/lib/systemd/system"
+# The units' directory on every Debian from 12 on (all merged-/usr): a Debian 12 build installs
+# them under /lib/systemd/system, the same directory by another name.
+UNIT_DIR = "/usr/lib/systemd/system"
 TSPROXY = "/usr/sbin/tsproxy"
 TAILSCALED = "/usr/sbin/tailscaled"
 TAILSCALE = "/usr/bin/tailscale"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import build_root
+import images
 from nspawn import Container
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,11 +46,19 @@ WHOAMI = ("import http.server as h, sys\n"
           "h.HTTPServer((sys.argv[1], 8080), W).serve_forever()\n")
 
 
-def tsproxy_deb() -> Path:
+def tsproxy_deb(suite: str | None = None) -> Path:
+    """The package a user of `suite` gets: `make deb`'s for this host's own release, else
+    the one built on `suite` itself (in a build root, once per session: see build_root.py)."""
+    if suite is not None and suite != images.host_codename():
+        return build_root.package(suite).file("tsproxy_*_all.deb")
     debs = sorted(REPO.glob("dist/tsproxy_*_all.deb"))
     if not debs:
         raise FileNotFoundError("no dist/tsproxy_*_all.deb: run `make deb` first")
     return debs[-1]
+
+
+def suite_of(container: Container) -> str:
+    return container.run(". /etc/os-release && echo $VERSION_CODENAME").stdout.strip()
 
 
 def bring_up_network(container: Container) -> None:
@@ -66,7 +76,7 @@ def serve_whoami(container: Container, netns: str, address: str) -> None:
 
 def install(container: Container, tailscale_deb: Path, confs: dict[str, str]) -> None:
     """As the user does it: apt resolves tsproxy's Depends (tailscale among them)."""
-    deb = tsproxy_deb()
+    deb = tsproxy_deb(suite_of(container))
     container.copy_in(tailscale_deb, f"/root/{tailscale_deb.name}")
     container.copy_in(deb, f"/root/{deb.name}")
     container.run(f"cd /root && apt-get install -y -q ./{tailscale_deb.name} ./{deb.name}",

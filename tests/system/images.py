@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def _mirrors_from_sources(path: Path, suite: str) -> list[str]:
     return found
 
 
-def _host_codename() -> str:
+def host_codename() -> str:
     try:
         text = Path("/etc/os-release").read_text()
     except OSError:
@@ -149,7 +149,7 @@ def host_mirror(suite: str = SUITE) -> str:
     candidates = [etc / "sources.list"]
     if (etc / "sources.list.d").is_dir():
         candidates += sorted((etc / "sources.list.d").iterdir())
-    for wanted in dict.fromkeys([suite, _host_codename(), *SUITES]):
+    for wanted in dict.fromkeys([suite, host_codename(), *SUITES]):
         if not wanted:
             continue
         for path in candidates:
@@ -160,7 +160,7 @@ def host_mirror(suite: str = SUITE) -> str:
     raise ContainerError(f"no apt source for suite {suite!r} (nor for {', '.join(SUITES)}) found under /etc/apt")
 
 
-def _run_logged(cmd: Sequence[str], logfile: Path, **kwargs) -> None:
+def run_logged(cmd: Sequence[str], logfile: Path, **kwargs) -> None:
     """Run a long build step with its output in `logfile`; raise with the tail on failure."""
     with logfile.open("a") as out:
         out.write(f"\n$ {shlex.join(cmd)}\n")
@@ -200,7 +200,7 @@ def configure_root(root: Path, mirror: str, suite: str = SUITE) -> None:
 
 def build_base_root(dest: Path, mirror: str, logfile: Path, packages: Sequence[str] = BASE_PACKAGES,
                     suite: str = SUITE) -> None:
-    _run_logged(
+    run_logged(
         ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, str(dest), mirror],
         logfile,
     )
@@ -208,12 +208,39 @@ def build_base_root(dest: Path, mirror: str, logfile: Path, packages: Sequence[s
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Serialize builds of the cache between concurrent test sessions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def cached_root(suite: str, kind: str, key: str, make: Callable[[Path, Path], None]) -> Path:
+    """The cached root directory debian-SUITE-KIND-KEY, made first by `make(root, logfile)` if
+    missing. One session makes it while the others wait; older KEYs of the kind are deleted."""
+    cache = cache_dir()
+    image = cache / f"debian-{suite}-{kind}-{key}"
+    if image.is_dir():
+        return image
+    with locked(cache / f".debian-{suite}-{kind}.lock"):
+        if image.is_dir():  # built by another session while we waited
+            return image
+        workdir = Path(tempfile.mkdtemp(prefix=f".debian-{kind}-", dir=cache))
+        try:
+            root = workdir / "root"
+            logfile = image.with_name(image.name + ".log")
+            logfile.write_text("")
+            started = time.monotonic()
+            make(root, logfile)
+            log.info("%s: the %s root took %.0fs", suite, kind, time.monotonic() - started)
+            root.rename(image)  # atomic: readers only ever see a whole image
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        for old in cache.glob(f"debian-{suite}-{kind}-*"):
+            if old.is_dir() and old != image:
+                shutil.rmtree(old, ignore_errors=True)
+    return image
 
 
 def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUITE,
@@ -225,31 +252,10 @@ def ensure_base_image(packages: Sequence[str] = BASE_PACKAGES, suite: str = SUIT
     (e.g. "socat") is cached beside the base, under its own name: building one never
     removes the other, which concurrent test sessions may be booting.
     """
-    cache = cache_dir()
     if suite not in SUITES:
         raise ContainerError(f"unsupported suite {suite!r}: one of {', '.join(SUITES)}")
-    image = cache / f"debian-{suite}-{variant}-{image_key(packages, suite)}"
-    if image.is_dir():
-        return image
-    with _locked(cache / f".debian-{suite}-{variant}.lock"):
-        if image.is_dir():  # built by another session while we waited
-            return image
-        mirror = host_mirror(suite)
-        workdir = Path(tempfile.mkdtemp(prefix=".debian-base-", dir=cache))
-        try:
-            root = workdir / "root"
-            logfile = image.with_name(image.name + ".log")
-            logfile.write_text("")
-            started = time.monotonic()
-            build_base_root(root, mirror, logfile, packages, suite)
-            log.info("%s: debootstrap + configure took %.0fs", suite, time.monotonic() - started)
-            root.rename(image)  # atomic: readers only ever see a whole image
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        for old in cache.glob(f"debian-{suite}-{variant}-*"):
-            if old.is_dir() and old != image:
-                shutil.rmtree(old, ignore_errors=True)
-    return image
+    return cached_root(suite, variant, image_key(packages, suite),
+                       lambda root, logfile: build_base_root(root, host_mirror(suite), logfile, packages, suite))
 
 
 def _mount_overlay(lower: Path, workdir: Path) -> Path | None:

@@ -207,7 +207,7 @@ def test_list(world: Path, capsys: pytest.CaptureFixture[str], update_goldens: b
     (generated / "multi-user.target.wants").mkdir()
     for name in ("fgpu", "work"):
         (generated / f"multi-user.target.wants/tsproxy@{name}.service").symlink_to(
-            "/lib/systemd/system/tsproxy@.service")
+            "/usr/lib/systemd/system/tsproxy@.service")
     # work.conf changed after the last daemon-reload.
     later = os.stat(generated / "tsproxy@work.service.d/50-tsproxy.conf").st_mtime + 5
     os.utime(world / "etc/work.conf", (later, later))
