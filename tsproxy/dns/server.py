@@ -5,12 +5,21 @@ datagrams), so under load one wakeup serves many queries; the fast path answers 
 callback, everything else becomes a task, at most MAX_PENDING at once (beyond that a query is
 dropped, as a busy server's UDP is, and the client retries). TCP (RFC 7766) takes pipelined
 queries one after another, with an idle timeout and a cap on connections.
+
+TCP is accepted here rather than by asyncio.start_server, for two reasons. start_server
+calls listen(100) again on the socket systemd made, shrinking the socket unit's Backlog=;
+a full queue then drops SYNs, the clients retry seconds later, and each one's idle timer
+starts only then. And a connection past the cap must be closed at once, never left in the
+kernel's queue: so the cap stays below the fd limit (an accept failing with EMFILE leaves
+the connection queued and untimed), and every accepted connection gets its timer at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import resource
 import socket
 import sys
 from collections.abc import Callable
@@ -22,6 +31,10 @@ MAX_DATAGRAM = 4096  # a query is a few hundred bytes; a bigger datagram is no q
 MAX_PENDING = 4096
 MAX_TCP = 1024
 TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message (or the rest of one)
+FD_RESERVE = 64  # descriptors kept for everything but TCP clients: sockets, LocalAPI calls
+ACCEPT_BATCH = 64
+ACCEPT_PAUSE = 0.1  # seconds without accepting when the process is out of descriptors
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class DnsServer:
@@ -33,28 +46,44 @@ class DnsServer:
         self.responder = responder
         self.log = log
         self._pending: set[asyncio.Task[None]] = set()
-        self._tcp_clients = 0
+        self._tcp_clients: set[asyncio.Task[None]] = set()
+        self.max_tcp = tcp_cap()
         self.dropped = 0
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        servers = []
         for sock in self.sockets:
             sock.setblocking(False)
-            if sock.type == socket.SOCK_DGRAM:
-                loop.add_reader(sock.fileno(), self._readable, sock)
-            else:
-                servers.append(await asyncio.start_server(self._tcp, sock=sock))
+            reader = self._readable if sock.type == socket.SOCK_DGRAM else self._accept
+            loop.add_reader(sock.fileno(), reader, sock)
         try:
             await asyncio.Event().wait()
         finally:
             for sock in self.sockets:
-                if sock.type == socket.SOCK_DGRAM:
-                    loop.remove_reader(sock.fileno())
-            for server in servers:
-                server.close()
-            for task in list(self._pending):
+                loop.remove_reader(sock.fileno())
+            for task in [*self._pending, *self._tcp_clients]:
                 task.cancel()
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _peer = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in OUT_OF_RESOURCES:
+                    loop = asyncio.get_running_loop()
+                    loop.remove_reader(listener.fileno())
+                    loop.call_later(ACCEPT_PAUSE, loop.add_reader, listener.fileno(),
+                                    self._accept, listener)
+                    return
+                continue  # that one connection's trouble (ECONNABORTED, ...)
+            if len(self._tcp_clients) >= self.max_tcp:
+                sock.close()
+                continue
+            task = asyncio.ensure_future(self._tcp(sock))
+            self._tcp_clients.add(task)
+            task.add_done_callback(self._tcp_clients.discard)
 
     def _readable(self, sock: socket.socket) -> None:
         responder = self.responder
@@ -81,12 +110,10 @@ class DnsServer:
         if reply is not None:
             _send(sock, reply, peer)
 
-    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._tcp_clients >= MAX_TCP:
-            writer.transport.abort()
-            return
-        self._tcp_clients += 1
+    async def _tcp(self, sock: socket.socket) -> None:
+        writer = None
         try:
+            reader, writer = await asyncio.open_connection(sock=sock)
             while True:
                 async with asyncio.timeout(TCP_IDLE):
                     length = int.from_bytes(await reader.readexactly(2), "big")
@@ -101,8 +128,19 @@ class DnsServer:
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             pass  # the client went away, lied about a length, or stalled: just close
         finally:
-            self._tcp_clients -= 1
-            writer.transport.abort()
+            if writer is not None:
+                writer.transport.abort()
+            else:
+                sock.close()
+
+
+def tcp_cap() -> int:
+    """MAX_TCP, or fewer where the soft fd limit would not hold that many (systemd's
+    default soft limit is 1024; the unit sets its own)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_TCP
+    return max(1, min(MAX_TCP, soft - FD_RESERVE))
 
 
 def _send(sock: socket.socket, reply: bytes, peer: tuple[str, int]) -> None:
