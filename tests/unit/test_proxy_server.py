@@ -73,7 +73,7 @@ class OutOfFiles(socket.socket):
         return super().accept()
 
 
-BACKLOG = 777  # a socket unit's Backlog=, which serving must keep (test_listen_backlog.py)
+BACKLOG = 777  # a socket unit's Backlog=, which serving must keep (test_tcp_accept.py)
 
 
 @asynccontextmanager

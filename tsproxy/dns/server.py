@@ -49,6 +49,7 @@ class DnsServer:
         self._tcp_clients: set[asyncio.Task[None]] = set()
         self.max_tcp = tcp_cap()
         self.dropped = 0
+        self._serving = False
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -56,9 +57,11 @@ class DnsServer:
             sock.setblocking(False)
             reader = self._readable if sock.type == socket.SOCK_DGRAM else self._accept
             loop.add_reader(sock.fileno(), reader, sock)
+        self._serving = True
         try:
             await asyncio.Event().wait()
         finally:
+            self._serving = False
             for sock in self.sockets:
                 loop.remove_reader(sock.fileno())
             for task in [*self._pending, *self._tcp_clients]:
@@ -74,8 +77,7 @@ class DnsServer:
                 if error.errno in OUT_OF_RESOURCES:
                     loop = asyncio.get_running_loop()
                     loop.remove_reader(listener.fileno())
-                    loop.call_later(ACCEPT_PAUSE, loop.add_reader, listener.fileno(),
-                                    self._accept, listener)
+                    loop.call_later(ACCEPT_PAUSE, self._resume, listener)
                     return
                 continue  # that one connection's trouble (ECONNABORTED, ...)
             if len(self._tcp_clients) >= self.max_tcp:
@@ -84,6 +86,10 @@ class DnsServer:
             task = asyncio.ensure_future(self._tcp(sock))
             self._tcp_clients.add(task)
             task.add_done_callback(self._tcp_clients.discard)
+
+    def _resume(self, listener: socket.socket) -> None:
+        if self._serving:
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
 
     def _readable(self, sock: socket.socket) -> None:
         responder = self.responder
