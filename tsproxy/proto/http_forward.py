@@ -15,7 +15,7 @@ goes on: framing_problem says why it is refused with 400.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .base import shown
 
@@ -38,8 +38,8 @@ def origin_form(url_rest: str) -> tuple[str, str]:
 def rewrite(method: str, target: str, version: str, authority: str,
             headers: Sequence[tuple[str, str]]) -> bytes:
     """The request head to send upstream; `headers` are (name, whole line) as received."""
-    named = {token.strip().lower() for name, line in headers if name.lower() == "connection"
-             for token in line.partition(":")[2].split(",")}
+    named = connection_tokens(line.partition(":")[2] for name, line in headers
+                              if name.lower() == "connection")
     kept = [line for name, line in headers
             if name.lower() not in HOP_BY_HOP and name.lower() not in named]
     lines = [f"{method} {target} {version}", f"Host: {authority}", *kept,
@@ -69,8 +69,11 @@ def framing_problem(method: str, version: str, fields: Mapping[str, Sequence[str
     if method == "CONNECT" and (codings or (lengths and int(lengths[0]) > 0)):
         return "CONNECT with a body"
     # Connection names headers to drop on the way (rewrite): never the ones that frame.
-    named = {token.strip(" \t").lower() for value in fields.get("connection", [])
-             for token in value.split(",")}
-    if named & {"content-length", "transfer-encoding"}:
+    if connection_tokens(fields.get("connection", [])) & {"content-length", "transfer-encoding"}:
         return "Connection names Content-Length or Transfer-Encoding"
     return None
+
+
+def connection_tokens(values: Iterable[str]) -> set[str]:
+    """The header names Connection header values list, lower case."""
+    return {token.strip(" \t").lower() for value in values for token in value.split(",")}
