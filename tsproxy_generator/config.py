@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
+from configobj import ConfigObj, ConfigObjError, DuplicateError, flatten_errors, get_extra_values
 from validate import ValidateError, Validator, VdtTypeError
 
 from .paths import CONF_DIR
@@ -57,11 +57,18 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
-    """One problem in one conf: prints as `PATH: KEY: MESSAGE`."""
+    """One problem in one conf: prints as `PATH: KEY: MESSAGE`. `more` holds the conf's
+    other problems, so one run can name them all (`problems`)."""
 
-    def __init__(self, path: str, key: str | None, message: str) -> None:
+    def __init__(self, path: str, key: str | None, message: str,
+                 more: Iterable[ConfigError] = ()) -> None:
         super().__init__(path, key, message)
         self.path, self.key, self.message = path, key, message
+        self.more = tuple(more)
+
+    @property
+    def problems(self) -> list[ConfigError]:
+        return [self, *self.more]
 
     def __str__(self) -> str:
         where = f"{self.path}: {self.key}" if self.key else self.path
@@ -273,44 +280,70 @@ def derived_subnet(name: str) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network((int(VETH_POOL.network_address) + 4 * slot, 30))
 
 
-def _parse(path: str) -> ConfigObj:
+def _parse(path: str) -> tuple[ConfigObj, list[ConfigError]]:
+    """The conf and its bad lines: what configobj could read of a conf with bad lines is
+    still judged, so one run names every problem."""
     try:
         with open(path, encoding="utf-8") as file:
             lines = file.read().splitlines()
-        return ConfigObj(lines, configspec=CONFIGSPEC, interpolation=False, _inspec=False)
-    except (ConfigObjError, OSError, UnicodeDecodeError) as error:
-        raise ConfigError(path, None, _parse_message(error)) from None
+        return ConfigObj(lines, configspec=CONFIGSPEC, interpolation=False, _inspec=False), []
+    except (OSError, UnicodeDecodeError) as error:
+        message = "not valid UTF-8" if isinstance(error, UnicodeDecodeError) else (
+            error.strerror or str(error))
+        raise ConfigError(path, None, message) from None
+    except ConfigObjError as error:
+        problems = [_parse_problem(path, e) for e in getattr(error, "errors", None) or [error]]
+        read = getattr(error, "config", None)
+        if read is None:
+            raise _first_and_more(problems) from None
+        conf = ConfigObj(read.dict(), configspec=CONFIGSPEC, interpolation=False, _inspec=False)
+        return conf, problems
 
 
-def _parse_message(error: Exception) -> str:
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    if isinstance(error, UnicodeDecodeError):
-        return "not valid UTF-8"
-    # configobj lists every bad line; the first is enough to act on.
-    first = (getattr(error, "errors", None) or [error])[0]
-    text = re.sub(r" at line \d+\.$", "", str(first))
-    line = getattr(first, "line_number", None)
-    return f"line {line}: {text}" if line else text
+def _parse_problem(path: str, error: Exception) -> ConfigError:
+    line = getattr(error, "line_number", None)
+    if isinstance(error, DuplicateError) and line:
+        text = getattr(error, "line", "").strip()
+        if text.startswith("["):
+            return ConfigError(path, None, f"section {text} given twice (line {line})")
+        return ConfigError(path, text.partition("=")[0].strip(), f"given twice (line {line})")
+    text = re.sub(r" at line \d+\.$", "", str(error))
+    return ConfigError(path, None, f"line {line}: {text}" if line else text)
+
+
+def _first_and_more(problems: Iterable[ConfigError]) -> ConfigError:
+    first, *more = problems
+    return ConfigError(first.path, first.key, first.message, more)
 
 
 def load(path: str, root: str = "/") -> TailnetConf:
-    """Validate one conf on its own; cross-conf rules live in `load_all`.
+    """Validate one conf on its own; cross-conf rules live in `load_all`. A bad conf raises
+    one ConfigError naming every problem found (its `problems`).
 
     `root` is where absolute paths named in the conf are looked up (tests use a fake root).
     """
     name = instance_name(path)
-    conf = _parse(path)
+    conf, bad_lines = _parse(path)
     results = conf.validate(Validator(VALIDATOR_CHECKS), preserve_errors=True)
+    problems: list[ConfigError] = []
     # Extra values are only known once validate() has run.
     for sections, key in get_extra_values(conf):
         kind = "section" if isinstance(conf.get(key), dict) else "key"
-        raise ConfigError(path, ".".join([*sections, key]), f"unknown {kind} (see tsproxy.d(5))")
+        problems.append(ConfigError(path, ".".join([*sections, key]),
+                                    f"unknown {kind} (see tsproxy.d(5))"))
+    bad: set[str] = set()
     for _sections, key, error in flatten_errors(conf, results):
-        raise ConfigError(path, key, _validate_message(error, conf.get(key),
-                                                       conf.configspec.get(key, "")))
-    _check_file(path, "authkey_file", conf["authkey_file"], root, private=False)
-    _check_file(path, "users_file", conf["users_file"], root, private=True)
+        bad.add(key)
+        problems.append(ConfigError(path, key, _validate_message(
+            error, conf.get(key), conf.configspec.get(key, ""))))
+    for key in ("authkey_file", "users_file"):
+        if key not in bad and (problem := _check_file(path, key, conf[key], root)):
+            problems.append(problem)
+    if bad_lines or problems:
+        # Bad lines first, then keys in the order the file has them; missing ones last.
+        line = {key: index for index, key in enumerate(conf.scalars + conf.sections)}
+        problems.sort(key=lambda problem: line.get(problem.key or "", len(line)))
+        raise _first_and_more(bad_lines + problems)
     return TailnetConf(
         name=name,
         path=path,
@@ -341,17 +374,18 @@ def _dns_listen(value: Listen | bool | None, listen: Listen) -> Listen | None:
     return value if isinstance(value, Listen) else None
 
 
-def _check_file(path: str, key: str, name: str | None, root: str, private: bool) -> None:
+def _check_file(path: str, key: str, name: str | None, root: str) -> ConfigError | None:
     if name is None:
-        return
+        return None
     try:
         mode = os.stat(os.path.join(root, name[1:])).st_mode
     except OSError:
-        raise ConfigError(path, key, f'"{name}" does not exist') from None
-    # Passwords in a file others can read are a leak waiting to happen: refuse the file.
-    if private and mode & 0o077:
-        raise ConfigError(path, key, f'"{name}" is readable by group or others '
-                                     f"(mode {mode & 0o777:o}): chmod 600 it")
+        return ConfigError(path, key, f'"{name}" does not exist')
+    # A password or an auth key in a file others can read is a leak waiting to happen.
+    if mode & 0o077:
+        return ConfigError(path, key, f'"{name}" is readable by group or others '
+                                      f"(mode {mode & 0o777:o}): chmod 600 it")
+    return None
 
 
 def _validate_message(error: object, value: object, spec: str) -> str:
@@ -372,7 +406,7 @@ def conf_paths(conf_dir: str = CONF_DIR) -> list[str]:
 
 
 def load_all(paths: Iterable[str], root: str = "/") -> tuple[list[TailnetConf], list[ConfigError]]:
-    """Every good conf, and one error per bad one.
+    """Every good conf, and every problem of each bad one, in order.
 
     Confs are taken in file-name order; when two clash (listen port, DNS names, veth subnet),
     the first keeps it and the later one is the bad conf, so adding a file never breaks a
@@ -386,7 +420,7 @@ def load_all(paths: Iterable[str], root: str = "/") -> tuple[list[TailnetConf], 
             conf = load(path, root)
             claims.take(conf)
         except ConfigError as error:
-            errors.append(error)
+            errors.extend(error.problems)
         else:
             good.append(conf)
     return good, errors

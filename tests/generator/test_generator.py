@@ -5,6 +5,7 @@ content or link target. `pytest --update-goldens` rewrites the dumps."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,11 +43,23 @@ def dump(root: Path, out: Path, result: subprocess.CompletedProcess[str]) -> str
     return "\n".join(lines).replace(str(root), "") + "\n"
 
 
+def private_copy(case: Path, root: Path) -> Path:
+    """The case's fake root with its keys and users files mode 600, as an admin makes them
+    (git keeps no modes but the executable bit; the generator refuses readable ones)."""
+    shutil.copytree(case, root, symlinks=True)
+    for secret in [*root.rglob("*.key"), *root.rglob("*.users")]:
+        secret.chmod(0o600)
+    return root
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_case(case: Path, tmp_path: Path, update_goldens: bool) -> None:
-    result = run_generator(case, tmp_path)
+    root = private_copy(case, tmp_path / "root")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_generator(root, out)
     assert "Traceback" not in result.stderr
-    got = dump(case, tmp_path, result)
+    got = dump(root, out, result)
     golden = case / "expected.dump"
     if update_goldens:
         golden.write_text(got)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from fake_localapi import make_node, make_status
 
 pytestmark = pytest.mark.netns
+
+HERE = Path(__file__).resolve().parent
 
 DNS_IP = PROXY_IP  # the host's own tailnet address, as in a real install
 RUN_DIR = "/run/tsproxy-dnstest"  # DIR/NAME/tailscaled.sock, inside the fake host
@@ -46,6 +49,7 @@ class Responder:
         command = ["nsenter", f"--target={self.world.fake.holder.pid}", "--net", "--mount", "--",
                    "env", f"PYTHONPATH={REPO}", f"TSPROXY_CONF_DIR={self.world.fake.conf_dir}",
                    "PYTHONDONTWRITEBYTECODE=1", "timeout", "300",
+                   "prlimit", "--nofile=1024:",  # the soft fd limit systemd leaves services
                    sys.executable, "-m", "tsproxy", "dns", "--listen", f"{DNS_IP}:53",
                    "--run-dir", RUN_DIR, "--timeout", "1"]
         with open(self.log_path, "wb") as log:
@@ -236,6 +240,25 @@ def test_a_burst_of_bad_clients_leaves_good_ones_served(responder: Responder) ->
         abuser.stdin.close()
         abuser.wait(TIMEOUT)
     assert responder.process is not None and responder.process.poll() is None
+    assert "Traceback" not in responder.log()
+
+
+def test_idle_tcp_clients_are_cut_after_10_s_however_many(responder: Responder) -> None:
+    # 2000 at once: twice the cap, more than the soft fd limit systemd gives (1024, as the
+    # responder has here) and than asyncio's default accept backlog (100).
+    clients = responder.world.background(sys.executable, str(HERE / "idleclients.py"),
+                                         DNS_IP, "53", "2000", "12.5")
+    try:
+        assert clients.stdout is not None
+        assert clients.stdout.readline().startswith("connected ")
+        for n in range(5):  # UDP keeps answering meanwhile
+            assert short(responder, f"10.0.1.{n}.fgpu") == [f"10.0.1.{n}"]
+            time.sleep(1)
+        assert clients.stdout.readline() == "open 0\n"
+    finally:
+        clients.kill()
+        clients.wait(TIMEOUT)
+    assert short(responder, "+tcp", "web.fgpu") == [TARGET4]
     assert "Traceback" not in responder.log()
 
 

@@ -190,6 +190,24 @@ def test_bytes_pipelined_behind_the_handshake_are_forwarded(world: ProxyWorld,
     assert out == "payload right behind the request\n"
 
 
+SMUGGLING = [
+    "POST http://web.{name}:{port}/ HTTP/1.1\r\nContent-Length: 5\r\n"
+    "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "POST http://web.{name}:{port}/ HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 0\r\n"
+    "\r\nhello",
+    "GET http://web.{name}:{port}/ HTTP/1.1\nHost: x\n\n",
+    "CONNECT web.{name}:{port} HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+]
+
+
+@pytest.mark.parametrize("request_text", SMUGGLING)
+def test_nc_sends_ambiguous_framing_and_gets_400(world: ProxyWorld, request_text: str) -> None:
+    text = request_text.format(name=NAME, port=HTTP_PORT)
+    done = world.client("nc", "-N", "-w", "10", PROXY_IP, str(PROXY_PORT), input=text)
+    assert done.stdout.splitlines()[:1] == ["HTTP/1.1 400 Bad Request"], done.stdout
+    world.wait_log(r"bad handshake: (both Content-Length|Content-Length given|bare LF|CONNECT w)")
+
+
 def test_log_lines_and_counters(world: ProxyWorld) -> None:
     done = world.curl("-x", f"socks5h://{PROXY}", f"http://web.{NAME}:{HTTP_PORT}/bytes/1000", "-o", "/dev/null")
     assert done.returncode == 0, done.stderr

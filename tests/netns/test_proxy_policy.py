@@ -11,6 +11,7 @@ from proxyhost import (
     CLOSED_PORT,
     ECHO_PORT,
     GATEWAY,
+    GATEWAY_TS,
     HTTP_PORT,
     NAME,
     OFF_TAILNET,
@@ -51,6 +52,44 @@ def test_egress_policy_refusals_are_rep_2_and_403(default: ProxyWorld, host: str
     assert default.raw("http", host, HTTP_PORT)["status"] == 403
     line = default.wait_log(rf"to=\[?{host}\]?:{HTTP_PORT} .*refused \(HTTP 403\)")[-1]
     assert "is not allowed (see allow_egress)" in line
+
+
+OWN_ADDRESSES = [GATEWAY_TS, "fd7a:115c:a1e0::1", f"{GATEWAY_TS}.{NAME}", f"gw.{NAME}"]
+
+
+@pytest.mark.parametrize("host", OWN_ADDRESSES)
+def test_the_namespaces_own_addresses_are_refused(default: ProxyWorld, host: str) -> None:
+    # A listener there (as tailscaled's peer API is) answers from inside the namespace...
+    inside = default.fake.run("ip", "netns", "exec", GATEWAY, "curl", "-sS", "--max-time",
+                              "5", f"http://{GATEWAY_TS}:{HTTP_PORT}/", check=False)
+    assert inside.returncode == 0, inside.stderr
+    # ... and is refused through the proxy, by address and by name.
+    assert default.raw("socks5", host, HTTP_PORT)["rep"] == 2
+    assert default.raw("http", host, HTTP_PORT)["status"] == 403
+    line = default.wait_log(rf"to=\[?{host}\]?:{HTTP_PORT} .*refused \(HTTP 403\)")[-1]
+    assert "is not allowed (see allow_egress)" in line
+    url_host = f"[{host}]" if ":" in host else host
+    done = default.curl("-g", "-x", f"socks5h://{PROXY}", f"http://{url_host}:{HTTP_PORT}/")
+    assert done.returncode == 97 and "(2)" in done.stderr  # "connection not allowed"
+
+
+def test_an_address_added_after_the_start_is_refused_too(default: ProxyWorld) -> None:
+    later = "100.70.9.9"  # what a re-login could bring
+    assert default.raw("socks5", GATEWAY_TS, HTTP_PORT)["rep"] == 2  # the proxy is serving
+    default.fake.run("ip", "-n", GATEWAY, "addr", "add", f"{later}/16", "dev", "tailscale0")
+    try:
+        assert default.raw("socks5", later, HTTP_PORT)["rep"] == 2
+        assert default.raw("socks5", f"{later}.{NAME}", HTTP_PORT)["rep"] == 2
+    finally:
+        default.fake.run("ip", "-n", GATEWAY, "addr", "del", f"{later}/16", "dev", "tailscale0")
+    # Gone again, it is an address like any other: nobody answers there.
+    assert default.raw("socks5", later, HTTP_PORT)["rep"] != 2
+
+
+def test_allow_egress_opens_the_namespaces_own_address(world: ProxyWorld) -> None:
+    world.start_proxy(f"allow_egress = {GATEWAY_TS}/32\n")
+    assert world.raw("socks5", GATEWAY_TS, HTTP_PORT)["rep"] == 0
+    assert world.raw("socks5", "fd7a:115c:a1e0::1", HTTP_PORT)["rep"] == 2
 
 
 def test_only_tailscale0_is_reachable(default: ProxyWorld) -> None:

@@ -199,3 +199,38 @@ def test_doctor(booted_debian: Container, tailscale_deb: Path) -> None:
     missing = c.run("tsproxy doctor nope", check=False)
     assert (missing.returncode, missing.stderr) == (
         1, "tsproxy: no instance 'nope': /etc/tsproxy.d/nope.conf does not exist\n")
+
+
+def journal(c: Container, unit: str) -> str:
+    return str(c.run(f"journalctl -b -u {unit} --no-pager -o cat").stdout)
+
+
+def test_reload_needs_only_what_the_package_depends_on(booted_debian: Container,
+                                                         tailscale_deb: Path) -> None:
+    # systemctl reload runs the units' ExecReload=; /bin/kill comes from procps, which the
+    # package does not depend on: without it, reload must still work.
+    c = booted_debian
+    bring_up_network(c)
+    c.write_file("/etc/tsproxy.d/fgpu.users", "alice:secret\n", mode=0o600)
+    install(c, tailscale_deb, {
+        "fgpu.conf": f"listen = {HOST_TS_IP}:11080\nusers_file = /etc/tsproxy.d/fgpu.users\n"})
+    c.run("dpkg --purge --force-depends procps")
+    assert c.run("ls /bin/kill /usr/bin/kill", check=False).returncode != 0
+    c.run("systemctl daemon-reload && systemctl start tsproxy@fgpu tsproxy-dns.service")
+    # The proxy starts on its first connection.
+    c.run(f"curl -sS -m 5 -x socks5h://alice:secret@{HOST_TS_IP}:11080 "
+          "http://127.0.0.1.fgpu/", check=False)
+    wait_for(lambda: c.run("systemctl is-active tsproxy-socks@fgpu.service",
+                           check=False).stdout.strip() == "active", what="the proxy")
+
+    c.write_file("/etc/tsproxy.d/fgpu.users", "alice:secret\nbob:pw\n", mode=0o600)
+    c.run("systemctl reload tsproxy-socks@fgpu")
+    wait_for(lambda: "fgpu: users file reloaded: 2 logins" in journal(c, "tsproxy-socks@fgpu"),
+             what="the proxy's reload line")
+
+    served = journal(c, "tsproxy-dns").count("serving ")
+    c.run("systemctl reload tsproxy-dns")
+    wait_for(lambda: journal(c, "tsproxy-dns").count("serving ") > served,
+             what="the DNS responder's reload line")
+    assert c.run("systemctl is-active tsproxy-socks@fgpu.service tsproxy-dns.service"
+                 ).stdout.split() == ["active", "active"]

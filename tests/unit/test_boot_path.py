@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.generator.test_generator import private_copy
+
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).parent.parent.parent
@@ -18,8 +20,10 @@ FORBIDDEN = ("jinja2", "asyncio", "pystemd", "dnslib", "tsproxy", "subprocess", 
 
 def imported_modules(tmp_path: Path) -> set[str]:
     env = {"PYTHONPATH": str(REPO), "SYSTEMD_LOG_TARGET": "console",
-           "TSPROXY_GENERATOR_ROOT": str(CASE)}
-    result = subprocess.run([sys.executable, "-X", "importtime", str(LAUNCHER), str(tmp_path)],
+           "TSPROXY_GENERATOR_ROOT": str(private_copy(CASE, tmp_path / "root"))}
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run([sys.executable, "-X", "importtime", str(LAUNCHER), str(out)],
                             env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("import time:")]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tsproxy_generator.config import ConfigError, TailnetConf, derived_subnet, load, load_all
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.unit
 
@@ -134,7 +138,8 @@ def test_dns_can_be_turned_off(tmp_path: Path) -> None:
     (LISTEN + "users_file = /nonexistent/users\n", 'fgpu.conf: users_file: "/nonexistent/users" does not exist'),
     (LISTEN + "port = 11080\n", "fgpu.conf: port: unknown key (see tsproxy.d(5))"),
     (LISTEN + "[fgpu]\nsuffix = fgpu\n", "fgpu.conf: fgpu: unknown section (see tsproxy.d(5))"),
-    (LISTEN + "listen = 1.2.3.4:1\n", "fgpu.conf: line 2: Duplicate keyword name"),
+    (LISTEN + "listen = 1.2.3.4:1\n", "fgpu.conf: listen: given twice (line 2)"),
+    (LISTEN + "[a]\n[a]\n", "fgpu.conf: section [a] given twice (line 3)"),
     (LISTEN + "just words\n", "fgpu.conf: line 2: Invalid line ('just words') (matched as neither section nor keyword)"),
     (LISTEN + "suffix = $HOME\n", 'fgpu.conf: suffix: "$HOME" is not a DNS suffix (labels of a-z, 0-9 and -)'),
 ])
@@ -216,14 +221,69 @@ def test_error_names_file_and_key(tmp_path: Path) -> None:
     assert os.path.basename(error.path) == "fgpu.conf"
 
 
-def test_secret_files_must_be_private(tmp_path: Path) -> None:
-    users = write(tmp_path, "fgpu.users", "alice:secret\n")
-    os.chmod(users, 0o644)
-    assert error_of(tmp_path, LISTEN + f"users_file = {users}\n") == (
-        'fgpu.conf: users_file: "fgpu.users" is readable by group or others (mode 644): chmod 600 it')
+@pytest.mark.parametrize("key, mode", [("users_file", 0o644), ("authkey_file", 0o640),
+                                       ("authkey_file", 0o604)])
+def test_secret_files_must_be_private(tmp_path: Path, key: str, mode: int) -> None:
+    secret = write(tmp_path, "fgpu.secret", "tskey-auth-x\n")
+    os.chmod(secret, mode)
+    assert error_of(tmp_path, LISTEN + f"{key} = {secret}\n") == (
+        f'fgpu.conf: {key}: "fgpu.secret" is readable by group or others (mode {mode:o}): '
+        "chmod 600 it")
+
+
+def test_every_problem_of_a_conf_is_named_in_file_order(tmp_path: Path) -> None:
+    key = write(tmp_path, "fgpu.key", "tskey-auth-x\n")
+    os.chmod(key, 0o644)
+    path = write(tmp_path, "fgpu.conf", f"""port = 3
+listen = 1.2.3.4
+authkey_file = {key}
+autostart = maybe
+suffix = Bad_Suffix
+socks = 1
+""")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    lines = [str(problem).replace(f"{tmp_path}/", "") for problem in caught.value.problems]
+    assert lines == [
+        "fgpu.conf: port: unknown key (see tsproxy.d(5))",
+        'fgpu.conf: listen: "1.2.3.4" is not IP:PORT (IPv6 as [ADDR]:PORT)',
+        'fgpu.conf: authkey_file: "fgpu.key" is readable by group or others (mode 644): '
+        "chmod 600 it",
+        'fgpu.conf: autostart: "maybe" is not a boolean (yes or no)',
+        'fgpu.conf: suffix: "Bad_Suffix" is not a DNS suffix (labels of a-z, 0-9 and -)',
+        "fgpu.conf: socks: unknown key (see tsproxy.d(5))",
+    ]
+    good, errors = load_all([path])
+    assert not good and [str(e) for e in errors] == [str(p) for p in caught.value.problems]
+
+
+def test_every_bad_line_of_a_conf_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "fgpu.conf", LISTEN + "listen = 1.2.3.4:1\njust words\n[x\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert [str(p).replace(f"{tmp_path}/", "") for p in caught.value.problems] == [
+        "fgpu.conf: listen: given twice (line 2)",
+        "fgpu.conf: line 3: Invalid line ('just words') (matched as neither section nor keyword)",
+        "fgpu.conf: line 4: Invalid line ('[x') (matched as neither section nor keyword)",
+    ]
 
 
 def test_empty_list_values(tmp_path: Path) -> None:
     conf = load(write(tmp_path, "fgpu.conf", LISTEN + "allow_egress =\nallow_identities = ,\n"
                                                       "tailscaled_args =\n"))
     assert (conf.allow_egress, conf.allow_identities, conf.tailscaled_args) == ((), (), ())
+
+
+def test_tsproxy_check_names_every_problem_one_line_each(tmp_path: Path) -> None:
+    path = write(tmp_path, "fgpu.conf", "port = 3\nlisten = 1.2.3.4:5\nlisten = 1.2.3.4:6\n")
+    bad = write(tmp_path, "work.conf", "listen = 1.2.3.4:7\nautostart = maybe\nsocks = 1\n")
+    done = subprocess.run([sys.executable, "-m", "tsproxy", "check", str(path), str(bad)],
+                          capture_output=True, text=True, timeout=30,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.replace(f"{tmp_path}/", "").splitlines() == [
+        "fgpu.conf: listen: given twice (line 3)",
+        "fgpu.conf: port: unknown key (see tsproxy.d(5))",
+        'work.conf: autostart: "maybe" is not a boolean (yes or no)',
+        "work.conf: socks: unknown key (see tsproxy.d(5))",
+    ]

@@ -65,6 +65,7 @@ def connect(host: str, port: int, user: str | None = None) -> ConnectRequest:
     (head("X-Utf8: café ☕"), connect("gpu1.fgpu", 443)),  # obs-text is fine in values
     (head(basic("alice:secret")), connect("gpu1.fgpu", 443)),  # ignored: no auth configured
     (head(basic("x:y"), basic("x:z")), connect("gpu1.fgpu", 443)),
+    (head("Content-Length: 0"), connect("gpu1.fgpu", 443)),  # no body, said aloud
 ])
 def test_connect_without_auth(data: bytes, expected: ConnectRequest) -> None:
     tr(no_auth, data, Outcome(b"", expected))
@@ -138,6 +139,14 @@ REFUSALS = [
     (no_auth, head("Host: a", " folded"), BAD_REQUEST, "obsolete header line folding"),
     (no_auth, head("X-A: a\rb"), BAD_REQUEST, "CR or NUL in header 'X-A'"),
     (no_auth, head("X-A: a\x00b"), BAD_REQUEST, "CR or NUL in header 'X-A'"),
+    # A CONNECT has no body (RFC 9110 9.3.6): one declared is 400, not tunnel payload.
+    (no_auth, head("Content-Length: 5"), BAD_REQUEST, "CONNECT with a body"),
+    (no_auth, head("Transfer-Encoding: chunked"), BAD_REQUEST, "CONNECT with a body"),
+    (no_auth, head("Content-Length: 0", "Content-Length: 0"), BAD_REQUEST,
+     "Content-Length given more than once"),
+    (no_auth, head("Content-Length: -0"), BAD_REQUEST, "is not a decimal number"),
+    (with_auth, head("Content-Length: 1", basic("alice:secret")), BAD_REQUEST,
+     "CONNECT with a body"),
     # Authentication.
     (with_auth, head(), NEEDS_AUTH, "no Proxy-Authorization"),
     (with_auth, head(basic("alice:wrong")), NEEDS_AUTH, "authentication failed for user 'alice'"),

@@ -16,7 +16,7 @@ from tsproxy.errors import TsproxyError
 from tsproxy.localapi import LocalAPI
 from tsproxy.proxy import routes
 from tsproxy.proxy.access import ClientNetworks, Identities, Users
-from tsproxy.proxy.egress import Policy, ip_literal
+from tsproxy.proxy.egress import LocalAddresses, Policy, ip_literal
 from tsproxy.proxy.limits import GLOBAL, PER_CLIENT, REFUSING_MAX, Limits
 from tsproxy.proxy.stats import Record, shown
 
@@ -49,6 +49,32 @@ def test_allow_egress_opens_exactly_its_networks() -> None:
     assert not policy.refuses(addr("100.100.100.100"))
     assert not policy.refuses(addr("127.0.0.1")) and not policy.refuses(addr("::ffff:127.0.0.1"))
     assert policy.refuses(addr("::1")) and policy.refuses(addr("10.200.3.5"))
+
+
+def test_egress_refuses_the_namespaces_own_addresses_unless_allowed() -> None:
+    own = {addr("100.70.0.1"), addr("fd7a:115c:a1e0::1")}
+    policy = Policy(None, is_local=own.__contains__)
+    assert policy.refuses(addr("100.70.0.1")) and policy.refuses(addr("fd7a:115c:a1e0::1"))
+    assert policy.refuses(addr("::ffff:100.70.0.1"))
+    assert not policy.refuses(addr("100.70.0.2"))
+    opened = Policy(None, [net("100.70.0.1/32")], is_local=own.__contains__)
+    assert not opened.refuses(addr("100.70.0.1"))
+
+
+def test_local_addresses_asks_the_kernel_every_time() -> None:
+    local = LocalAddresses()
+    # Loopback beyond 127.0.0.1 is local too (no address lists it), and a yes in between
+    # must not spoil the probe for the next question.
+    answers = [local.contains(addr(a)) for a in
+               ("192.0.2.77", "127.0.0.1", "127.3.2.1", "192.0.2.77", "::1", "2001:db8::1")]
+    assert answers == [False, True, True, False, True, False]
+    # The host's own address, whatever it is, where the machine has one.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("192.0.2.1", 9))
+        except OSError:
+            return
+        assert local.contains(addr(sock.getsockname()[0]))
 
 
 @pytest.mark.parametrize("text, expected", [

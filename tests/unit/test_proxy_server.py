@@ -73,6 +73,9 @@ class OutOfFiles(socket.socket):
         return super().accept()
 
 
+BACKLOG = 777  # a socket unit's Backlog=, which serving must keep (test_tcp_accept.py)
+
+
 @asynccontextmanager
 async def world(*, users: Users | None = None, clients: Sequence[Network] = LOOPBACK,
                 caps: tuple[int, int] = (100, 100), fail: Reply | None = None,
@@ -80,7 +83,7 @@ async def world(*, users: Users | None = None, clients: Sequence[Network] = LOOP
                 pac: PacSource | None = None) -> AsyncIterator[World]:
     echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
     echo_port = echo_server.sockets[0].getsockname()[1]
-    listener = socket.create_server(("127.0.0.1", 0))
+    listener = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
     if emfile:
         listener = OutOfFiles(fileno=listener.detach())
     log = Lines()

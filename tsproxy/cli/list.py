@@ -28,7 +28,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     paths = conf_paths(conf_dir())
     good, errors = load_all(paths)
-    judged = {conf.path: None for conf in good} | {error.path: str(error) for error in errors}
+    judged: dict[str, str | None] = {conf.path: None for conf in good}
+    for error in errors:  # a conf's first problem
+        judged.setdefault(error.path, str(error))
     names = {path: os.path.basename(path)[: -len(".conf")] for path in paths}
     states = systemd.show([f"tsproxy@{name}.service" for name in names.values()])
     rows = []

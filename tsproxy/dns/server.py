@@ -6,6 +6,13 @@ callback, everything else becomes a task, at most MAX_PENDING at once (beyond th
 dropped, as a busy server's UDP is, and the client retries). TCP (RFC 7766) takes pipelined
 queries one after another, with an idle timeout and a cap on connections.
 
+TCP is accepted here rather than by asyncio.start_server, for two reasons. start_server
+calls listen(100) again on the socket systemd made, shrinking the socket unit's Backlog=;
+a full queue then drops SYNs, the clients retry seconds later, and each one's idle timer
+starts only then. And a connection past the cap must be closed at once, never left in the
+kernel's queue: so the cap stays below the fd limit (an accept failing with EMFILE leaves
+the connection queued and untimed), and every accepted connection gets its timer at once.
+
 drain() is the way out on SIGTERM: it reads nothing more (what arrives stays queued in
 systemd's sockets for the next responder, a restart on upgrade) and answers what it has read.
 """
@@ -14,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import resource
 import socket
 import sys
 from collections.abc import Callable
@@ -25,6 +34,10 @@ MAX_DATAGRAM = 4096  # a query is a few hundred bytes; a bigger datagram is no q
 MAX_PENDING = 4096
 MAX_TCP = 1024
 TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message (or the rest of one)
+FD_RESERVE = 64  # descriptors kept for everything but TCP clients: sockets, LocalAPI calls
+ACCEPT_BATCH = 64
+ACCEPT_PAUSE = 0.1  # seconds without accepting when the process is out of descriptors
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class DnsServer:
@@ -36,37 +49,34 @@ class DnsServer:
         self.responder = responder
         self.log = log
         self._pending: set[asyncio.Task[None]] = set()
-        self._tcp_clients = 0
-        self._servers: list[asyncio.Server] = []
-        self._tcp_tasks: set[asyncio.Task[object]] = set()
+        self._tcp_clients: set[asyncio.Task[None]] = set()
         self._tcp_waiting: set[asyncio.Task[object]] = set()  # those between two queries
         self._draining = False
+        self.max_tcp = tcp_cap()
         self.dropped = 0
+        self._serving = False
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
             sock.setblocking(False)
-            if sock.type == socket.SOCK_DGRAM:
-                loop.add_reader(sock.fileno(), self._readable, sock)
-            else:
-                self._servers.append(await asyncio.start_server(self._tcp, sock=sock))
+            reader = self._readable if sock.type == socket.SOCK_DGRAM else self._accept
+            loop.add_reader(sock.fileno(), reader, sock)
+        self._serving = True
         try:
             await asyncio.Event().wait()
         finally:
             self._stop_reading()
-            for task in list(self._pending):
+            for task in [*self._pending, *self._tcp_clients]:
                 task.cancel()
 
     def _stop_reading(self) -> None:
         """No new query: datagrams and connections that arrive now stay queued in systemd's
-        sockets (only this process's descriptors close) for the next responder."""
+        sockets (only this process stops reading them) for the next responder."""
+        self._serving = False
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
-            if sock.type == socket.SOCK_DGRAM:
-                loop.remove_reader(sock.fileno())
-        for server in self._servers:
-            server.close()
+            loop.remove_reader(sock.fileno())
 
     async def drain(self, grace: float) -> None:
         """Answer the queries already read, for at most `grace` seconds, and read no more: a
@@ -75,9 +85,33 @@ class DnsServer:
         self._stop_reading()
         for task in self._tcp_waiting:
             task.cancel()
-        busy = self._pending | self._tcp_tasks
+        busy = self._pending | self._tcp_clients
         if busy:
             await asyncio.wait(busy, timeout=grace)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _peer = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno in OUT_OF_RESOURCES:
+                    loop = asyncio.get_running_loop()
+                    loop.remove_reader(listener.fileno())
+                    loop.call_later(ACCEPT_PAUSE, self._resume, listener)
+                    return
+                continue  # that one connection's trouble (ECONNABORTED, ...)
+            if len(self._tcp_clients) >= self.max_tcp:
+                sock.close()
+                continue
+            task = asyncio.ensure_future(self._tcp(sock))
+            self._tcp_clients.add(task)
+            task.add_done_callback(self._tcp_clients.discard)
+
+    def _resume(self, listener: socket.socket) -> None:
+        if self._serving:
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
 
     def _readable(self, sock: socket.socket) -> None:
         responder = self.responder
@@ -104,15 +138,12 @@ class DnsServer:
         if reply is not None:
             _send(sock, reply, peer)
 
-    async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._tcp_clients >= MAX_TCP:
-            writer.transport.abort()
-            return
-        self._tcp_clients += 1
+    async def _tcp(self, sock: socket.socket) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tcp_tasks.add(task)
+        writer = None
         try:
+            reader, writer = await asyncio.open_connection(sock=sock)
             while not self._draining:
                 async with asyncio.timeout(TCP_IDLE):
                     self._tcp_waiting.add(task)
@@ -129,10 +160,20 @@ class DnsServer:
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             pass  # the client went away, lied about a length, or stalled: just close
         finally:
-            self._tcp_clients -= 1
-            self._tcp_tasks.discard(task)
             self._tcp_waiting.discard(task)
-            writer.transport.abort()
+            if writer is not None:
+                writer.transport.abort()
+            else:
+                sock.close()
+
+
+def tcp_cap() -> int:
+    """MAX_TCP, or fewer where the soft fd limit would not hold that many (systemd's
+    default soft limit is 1024; the unit sets its own)."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_TCP
+    return max(1, min(MAX_TCP, soft - FD_RESERVE))
 
 
 def _send(sock: socket.socket, reply: bytes, peer: tuple[str, int]) -> None:

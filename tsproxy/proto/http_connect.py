@@ -7,7 +7,8 @@ at the handshake timeout; the credentials are judged once the empty line ends th
 
 Decisions (each has a test):
 
-- Lines end in CRLF or a bare LF (RFC 9112 2.2 allows accepting LF; h11 does).
+- Lines end in CRLF. A bare LF is accepted for CONNECT and the PAC file (RFC 9112 2.2 allows
+  it; h11 does) but is 400 in a request to forward, whose head another parser reads next.
 - Request line: exactly `METHOD SP target SP HTTP/d.d`, else 400. HTTP/2.0 and friends: 505.
   Methods are case-sensitive.
 - Any other method with an absolute-form `http://` target (scheme in any case) is a request
@@ -30,8 +31,12 @@ Decisions (each has a test):
 - Authentication on: a missing, non-Basic, undecodable (bad base64, not UTF-8, no ':') or
   empty-user credential is 407 without asking the callback; a decodable one is passed to the
   callback, which decides. Every 407 carries `Proxy-Authenticate: Basic realm="tsproxy"`.
-- Bytes after the head are tunnel payload (.leftover), even if the client declared a body:
-  RFC 9110 gives CONNECT no content (and a forwarded request's body goes on as it came).
+- Body framing (RFC 9112 6, http_forward.framing_problem): Content-Length given twice or not
+  a plain decimal, Content-Length beside Transfer-Encoding, a Transfer-Encoding not ending
+  in chunked (or in HTTP/1.0), Connection naming either of them, and a CONNECT with a body
+  (RFC 9110 9.3.6 gives it none): 400.
+- Bytes after the head are tunnel payload (.leftover); a forwarded request's body goes on
+  as it came.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from .base import (
     is_host,
     shown,
 )
+from .http_forward import DIGITS, TCHAR
 
 MAX_HEAD = 64 * 1024
 REALM = "tsproxy"
@@ -61,9 +67,6 @@ ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 PAC_PATH = "/proxy.pac"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
 
-# RFC 9110 5.6.2 token characters (methods and field names).
-_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_DIGITS = frozenset("0123456789")
 _VERSION = re.compile(r"HTTP/([0-9])\.[0-9]")
 
 # What a failed dial looks like to an HTTP client. REP 1 is what the resolver being down
@@ -134,6 +137,9 @@ class HttpConnectHandshake(Handshake):
         # every header line, to rewrite the head once it is complete.
         self._forward: tuple[str, str, str, str] | None = None
         self._headers: list[tuple[str, str]] = []
+        self._method = self._version = ""
+        self._framing: dict[str, list[str]] = {}  # http_forward.FRAMING values as received
+        self._bare_lf = False
 
     @property
     def pac(self) -> PacRequest | None:
@@ -174,7 +180,9 @@ class HttpConnectHandshake(Handshake):
             if end > MAX_HEAD:
                 raise ProtocolError(f"request head over {MAX_HEAD} bytes",
                                     response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE))
-            line = bytes(buf[self._line_start:newline]).removesuffix(b"\r")
+            line = bytes(buf[self._line_start:newline])
+            self._bare_lf = self._bare_lf or not line.endswith(b"\r")
+            line = line.removesuffix(b"\r")
             self._line_start = self._scanned = end
             if self._state is _State.REQUEST_LINE:
                 self._request_line(line.decode("latin-1"))
@@ -185,6 +193,7 @@ class HttpConnectHandshake(Handshake):
                 if self._pac_method is not None:
                     self._pac = PacRequest(self._pac_method)
                 else:
+                    self._check_framing()
                     user = self._check_credentials()
                     self._request = ConnectRequest(*self._target, "http", user)
                 self._leftover = self._forward_head() + bytes(buf[end:])
@@ -196,7 +205,7 @@ class HttpConnectHandshake(Handshake):
         if len(parts) != 3:
             raise _bad(f"bad request line {shown(line)}")
         method, target, version = parts
-        if not method or not _TCHAR.issuperset(method):
+        if not method or not TCHAR.issuperset(method):
             raise _bad(f"bad request line {shown(line)}")
         matched = _VERSION.fullmatch(version)
         if matched is None:
@@ -204,6 +213,7 @@ class HttpConnectHandshake(Handshake):
         if matched.group(1) != "1":
             raise ProtocolError(f"version {shown(version)} not supported",
                                 response(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED))
+        self._method, self._version = method, version
         if method != "CONNECT" and target.startswith("/"):
             self._pac_method = _origin_form(method, target)
             return
@@ -221,6 +231,13 @@ class HttpConnectHandshake(Handshake):
                                 response(HTTPStatus.METHOD_NOT_ALLOWED, "Allow: CONNECT"))
         self._target = _authority(target)
 
+    def _check_framing(self) -> None:
+        if self._forward is not None and self._bare_lf:
+            raise _bad("bare LF line ending in a request to forward")
+        problem = http_forward.framing_problem(self._method, self._version, self._framing)
+        if problem is not None:
+            raise _bad(problem)
+
     def _forward_head(self) -> bytes:
         if self._forward is None:
             return b""
@@ -236,13 +253,16 @@ class HttpConnectHandshake(Handshake):
         name, colon, value = line.partition(":")
         if not colon:
             raise _bad("header line without ':'")
-        if not name or not _TCHAR.issuperset(name):
+        if not name or not TCHAR.issuperset(name):
             raise _bad(f"bad header name {shown(name, 32)}")
         value = value.strip(" \t")
         if "\r" in value or "\0" in value:
             raise _bad(f"CR or NUL in header {shown(name)}")
-        if name.lower() == "proxy-authorization":
+        lowered = name.lower()
+        if lowered == "proxy-authorization":
             self._credentials.append(value)
+        elif lowered in http_forward.FRAMING:
+            self._framing.setdefault(lowered, []).append(value)
         if self._forward is not None:
             self._headers.append((name, line))
 
@@ -282,7 +302,7 @@ def _origin_form(method: str, target: str) -> str:
 def _authority(target: str, method: str = "CONNECT") -> tuple[str, int]:
     """An authority `host:port`: (host without brackets, port)."""
     host, colon, port = target.rpartition(":")
-    if not colon or not 1 <= len(port) <= 5 or not _DIGITS.issuperset(port):
+    if not colon or not 1 <= len(port) <= 5 or not DIGITS.issuperset(port):
         raise _bad(f"{method} target {shown(target)} is not host:port")
     number = int(port)
     if not 1 <= number <= 65535:

@@ -9,8 +9,10 @@ Two locks, either one enough on its own:
   needed for that);
 - after resolving, addresses that are never a tailnet peer are refused before dialing
   (REP 2 / HTTP 403): loopback, link-local, multicast, unspecified and broadcast, the veth
-  pool and this instance's veth /30, and Tailscale's own service addresses. That stops
-  `127.0.0.1.fgpu` (DNS rebinding onto the gateway itself) even where a route would exist.
+  pool and this instance's veth /30, Tailscale's own service addresses, and every address
+  of the namespace itself (its tailscale0 addresses, where tailscaled's peer API listens).
+  That stops `127.0.0.1.fgpu` (DNS rebinding onto the gateway itself) and `gw.fgpu` (this
+  node's own name) even where a route would exist.
 
 A conf's allow_egress lists networks exempt from the second lock, never from the first.
 """
@@ -22,7 +24,7 @@ import errno
 import ipaddress
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tsproxy_generator.config import VETH_POOL, Address, Network
 
@@ -34,6 +36,7 @@ DIAL_TIMEOUT = 10.0
 # Keepalive finds a vanished peer of an idle tunnel within KEEPIDLE + KEEPINTVL * KEEPCNT
 # seconds, long before the relay's 2 h idle timeout.
 KEEPIDLE, KEEPINTVL, KEEPCNT = 120, 30, 4
+IP_BIND_ADDRESS_NO_PORT = 24  # linux/in.h; Python's socket module lacks the name
 
 ALWAYS_REFUSED: tuple[Network, ...] = (
     ipaddress.IPv4Network("0.0.0.0/8"),  # "this network", and 0.0.0.0 which means loopback
@@ -79,12 +82,14 @@ class Policy:
     """
 
     def __init__(self, veth_subnet: ipaddress.IPv4Network | None,
-                 allow: Iterable[Network] = ()) -> None:
+                 allow: Iterable[Network] = (),
+                 is_local: Callable[[Address], bool] | None = None) -> None:
         refused = list(ALWAYS_REFUSED)
         if veth_subnet is not None and not veth_subnet.subnet_of(VETH_POOL):
             refused.append(veth_subnet)
         self._refused = _masks(refused)
         self._allowed = _masks(allow)
+        self._is_local = is_local or LocalAddresses().contains
 
     def refuses(self, address: Address) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -92,7 +97,42 @@ class Policy:
         value = int(address)
         if any(value & mask == network for network, mask in self._allowed[address.version]):
             return False
-        return any(value & mask == network for network, mask in self._refused[address.version])
+        if any(value & mask == network for network, mask in self._refused[address.version]):
+            return True
+        return self._is_local(address)
+
+
+class LocalAddresses:
+    """Whether an address belongs to this network namespace, asked of the kernel each time.
+
+    tailscaled adds and changes its addresses while the proxy runs (a re-login brings a new
+    one), so a list taken at start would go stale. bind() of an unbound socket succeeds
+    only for a local address (net.ipv4/ipv6.ip_nonlocal_bind stay 0 in the namespace) and
+    a failed bind leaves the socket unbound, so one probe per IP version answers every
+    question for one syscall (about 2 us); only a success costs a new probe.
+    IP_BIND_ADDRESS_NO_PORT keeps even that from taking a port.
+    """
+
+    def __init__(self) -> None:
+        self._probes: dict[int, socket.socket] = {}
+
+    def contains(self, address: Address) -> bool:
+        probe = self._probes.pop(address.version, None) or _probe(address.version)
+        try:
+            probe.bind((str(address), 0))
+        except OSError as error:
+            self._probes[address.version] = probe
+            # Anything but "not here" (e.g. a scope id missing) is refused too: unsure.
+            return error.errno != errno.EADDRNOTAVAIL
+        probe.close()
+        return True
+
+
+def _probe(version: int) -> socket.socket:
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    probe = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+    return probe
 
 
 def _masks(networks: Iterable[Network]) -> dict[int, list[tuple[int, int]]]:

@@ -33,7 +33,20 @@ from .relay import IDLE_TIMEOUT
 from .server import HANDSHAKE_TIMEOUT, Server
 from .stats import Stats, StatsFile, log_line
 
-FDS_PER_CONNECTION = 2  # client and upstream sockets; pipes are pooled and few
+# Descriptors: a tunnel holds its client and upstream sockets; a direction moving bytes also
+# holds a pipe (two more) until it drains, so a tunnel busy both ways holds six. Short of
+# pipes, a relay waits for one (relay.PIPE_RETRY) instead of failing: sockets are the need,
+# pipes the wish. The rest: stdio, the listener, LocalAPI calls, pooled idle pipes
+# (pipes.POOL_MAX of them), the egress probes.
+FDS_PER_CONNECTION = 2
+FDS_PER_BUSY_CONNECTION = 6
+FD_HEADROOM = 256
+
+
+def fds_needed(max_connections: int, busy: bool = False) -> int:
+    """Descriptors for max_connections open tunnels (busy: all moving bytes both ways)."""
+    per = FDS_PER_BUSY_CONNECTION if busy else FDS_PER_CONNECTION
+    return max_connections * per + FD_HEADROOM
 # Seconds a stopping proxy (SIGTERM: a restart on upgrade, say) lets the connections in flight
 # end by themselves before cutting them: a request finishes, a long download or an ssh session
 # through the proxy is cut. TimeoutStopSec= in tsproxy-socks@.service leaves room for it.
@@ -95,17 +108,18 @@ def served_pac(conf: TailnetConf, arrival: Listen) -> str:
 
 def run(conf: TailnetConf, listener: socket.socket, options: Options) -> int:
     server = build(conf, listener, options)
-    limit = raise_fd_limit(conf.max_connections * FDS_PER_CONNECTION + 256)
+    limit = raise_fd_limit(fds_needed(conf.max_connections, busy=True))
     notes = [f"egress via {options.device}", f"names .{conf.suffix}",
              f"logins {len(server.users)}" if server.users is not None else "no login",
              f"identities {','.join(conf.allow_identities)}" if server.identities else None,
              f"pipes {server.pool.size // 1024} KiB", f"fd limit {limit}"]
     log_line(f"{conf.name}: proxy listening on {server.stats.listen} "
              f"({', '.join(n for n in notes if n)})")
-    if limit < conf.max_connections * FDS_PER_CONNECTION:
-        log_line(f"{conf.name}: warning: fd limit {limit} is below what max_connections = "
-                 f"{conf.max_connections} needs; past it, new connections wait or are "
-                 "refused")
+    if limit < fds_needed(conf.max_connections):
+        log_line(f"{conf.name}: warning: fd limit {limit} is below the "
+                 f"{fds_needed(conf.max_connections)} that max_connections = "
+                 f"{conf.max_connections} needs (the unit's LimitNOFILE= is capped by the "
+                 "hard limit systemd has); past it, new connections wait or are refused")
     try:
         asyncio.run(_main(conf, server, options))
     finally:
