@@ -31,3 +31,12 @@ def test_ruff() -> None:
 def test_mypy_strict() -> None:
     result = lint("mypy", *SHIPPED)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_test_modules_have_unique_names() -> None:
+    # The tiers have no __init__.py, so pytest imports each test file by its base name: two
+    # files of one name in two tiers stop the whole run at collection.
+    names: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        names.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert not {name: paths for name, paths in names.items() if len(paths) > 1}
