@@ -7,7 +7,8 @@ import socket
 
 from validate import ValidateError
 
-from tsproxy_generator.config import Listen, check_listen
+from tsproxy_generator.model import Listen
+from tsproxy_generator.values import check_listen
 
 from .errors import TsproxyError
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import dnslib  # type: ignore[import-untyped]
 
-from tsproxy_generator.config import TailnetConf
+from tsproxy_generator.model import TailnetConf
 from tsproxy_generator.paths import NETNS_ETC_DIR
 
 from . import forwarding, holders, nft

@@ -15,7 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from tsproxy_generator.config import Address, Listen
+from tsproxy_generator.addresses import Address
+from tsproxy_generator.model import Listen
 
 from .systemd import TIMEOUT, systemctl
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from tsproxy_generator.config import ConfigError, TailnetConf, conf_paths, instance_name, load_all
+from tsproxy_generator.config import conf_paths, instance_name, load_all
+from tsproxy_generator.model import ConfigError, TailnetConf
 from tsproxy_generator.paths import CONF_DIR, RUN_DIR, STATE_DIR
 
 from .errors import TsproxyError

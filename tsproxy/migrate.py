@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from tsproxy_generator.config import Listen, TailnetConf
+from tsproxy_generator.model import Listen, TailnetConf
 
 from . import holders, oldsetup, systemd
 from .errors import TsproxyError

@@ -20,8 +20,9 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from tsproxy_generator.config import ConfigError, TailnetConf, netns_name
+from tsproxy_generator.model import ConfigError, TailnetConf
 from tsproxy_generator.paths import NETNS_ETC_DIR, TAILSCALED
+from tsproxy_generator.vocabulary import netns_name
 
 from . import command, forwarding, nft
 from .errors import TsproxyError

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tsproxy_generator.config import netns_name
+from tsproxy_generator.vocabulary import netns_name
 
 # Docker's iptables-nft table: FORWARD has policy drop and jumps to DOCKER-USER first,
 # the chain Docker leaves to the administrator.

@@ -13,7 +13,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from tsproxy_generator.config import Listen
+from tsproxy_generator.model import Listen
 
 # Where an administrator's own units live (packages install under /lib or /usr/lib).
 UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system")

@@ -14,7 +14,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tsproxy_generator.config import TailnetConf, netns_name
+from tsproxy_generator.model import TailnetConf
+from tsproxy_generator.vocabulary import netns_name
 
 from . import forwarding, holders, nft, systemd, watch
 from .instances import tailscaled_socket

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 from tsproxy_generator import paths
-from tsproxy_generator.config import TailnetConf
+from tsproxy_generator.model import TailnetConf
 
 from .errors import TsproxyError
 from .instances import tailscaled_socket

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tsproxy_generator.config import netns_name
+from tsproxy_generator.vocabulary import netns_name
 
 from . import forwarding, nft
 from .netns import netns_path

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tsproxy_generator.config import Network
+from tsproxy_generator.addresses import Network
 
 from ..errors import TsproxyError
 from ..localapi import LocalAPI, LocalAPIError

@@ -26,7 +26,8 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 
-from tsproxy_generator.config import VETH_POOL, Address, Network
+from tsproxy_generator.addresses import Address, Network
+from tsproxy_generator.config import VETH_POOL
 
 from ..proto import Reply
 from .routes import Routes

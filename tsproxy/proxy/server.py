@@ -30,7 +30,8 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
-from tsproxy_generator.config import Address, Listen
+from tsproxy_generator.addresses import Address
+from tsproxy_generator.model import Listen
 
 from ..activation import endpoint
 from ..names import NameNotFound, ResolveError, Resolver

@@ -17,7 +17,7 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from tsproxy_generator.config import Listen, TailnetConf
+from tsproxy_generator.model import Listen, TailnetConf
 
 from .. import pac
 from ..activation import endpoint
