@@ -16,11 +16,6 @@ SD_LISTEN_FDS_START = 3
 BACKLOG = 4096  # as systemd's socket units default to
 
 
-def endpoint(host: str, port: int) -> str:
-    """HOST:PORT, an IPv6 host in brackets, for log lines."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def inherited_sockets() -> list[socket.socket]:
     """The sockets systemd passed this process, in the order of the socket unit's Listen
     lines; [] when it passed none."""
