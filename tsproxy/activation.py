@@ -7,17 +7,13 @@ import socket
 
 from validate import ValidateError
 
-from tsproxy_generator.config import Listen, check_listen
+from tsproxy_generator.model import Listen
+from tsproxy_generator.values import check_listen
 
 from .errors import TsproxyError
 
 SD_LISTEN_FDS_START = 3
 BACKLOG = 4096  # as systemd's socket units default to
-
-
-def endpoint(host: str, port: int) -> str:
-    """HOST:PORT, an IPv6 host in brackets, for log lines."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def inherited_sockets() -> list[socket.socket]:

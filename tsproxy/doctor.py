@@ -16,8 +16,17 @@ from dataclasses import dataclass
 
 import dnslib  # type: ignore[import-untyped]
 
-from tsproxy_generator.config import TailnetConf
-from tsproxy_generator.paths import NETNS_ETC_DIR
+from tsproxy_generator.model import TailnetConf
+from tsproxy_generator.vocabulary import (
+    DNS_SERVICE,
+    DNS_SOCKET,
+    INSTANCE,
+    PROXY,
+    TAILSCALED,
+    WATCH,
+    netns_etc,
+    unit,
+)
 
 from . import forwarding, holders, nft
 from .netns import HOST_RESOLV_CONF, NS_IFNAME, tailscaled_path
@@ -57,7 +66,7 @@ def conf_findings(name: str, error: str | None, generated: str) -> list[Finding]
 def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
     """Everything of a running (or meant-to-run) instance, in the order it is built."""
     name, ns = conf.name, conf.netns
-    restart = f"systemctl restart tsproxy@{name}"
+    restart = f"systemctl restart {unit(INSTANCE, name, '')}"
     found = []
 
     def check(what: str, problem: str | None, fix: str = restart, safe: bool = True) -> None:
@@ -67,8 +76,8 @@ def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
     instance = status.units.get("instance")
     if instance != "active":
         # Nothing else is there to check. Stopped: maybe on purpose, so --fix leaves it.
-        check("instance started", f"tsproxy@{name} is {instance}",
-              f"systemctl start tsproxy@{name}" if instance == "inactive" else restart,
+        check("instance started", f"{unit(INSTANCE, name, '')} is {instance}",
+              f"systemctl start {unit(INSTANCE, name, '')}" if instance == "inactive" else restart,
               safe=instance != "inactive")
         return found
     check("instance started", None)
@@ -81,26 +90,26 @@ def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
               f"nft table {forwarding.GUARD_TABLE} is missing or flushed: the host forwards "
               "for everyone")
     check("namespace resolv.conf", None if os.path.exists(
-        os.path.join(NETNS_ETC_DIR, ns, "resolv.conf")) else f"{NETNS_ETC_DIR}/{ns}/resolv.conf "
+        resolv_conf := os.path.join(netns_etc(name), "resolv.conf")) else f"{resolv_conf} "
           "is missing")
     tailscaled = status.units.get("tailscaled")
     check("tailscaled running", None if tailscaled == "active" else
-          f"tsproxy-tailscaled@{name} is {tailscaled}")
+          f"{unit(TAILSCALED, name, '')} is {tailscaled}")
     if tailscaled == "active":
         state = status.backend_state
         check("tailscaled logged in", None if state == "Running" else
               f"tailscaled is {state or 'not answering: ' + (status.health or ['?'])[0]}",
               f"tsproxy login {name}" if state == "NeedsLogin" else restart,
               safe=state not in ("NeedsLogin", "Running"))
-    socket_restart = f"systemctl restart tsproxy-socks@{name}.socket"
+    socket_restart = f"systemctl restart {unit(PROXY, name, '.socket')}"
     if status.units.get("proxy_socket") != "active" and (held := holders.held(conf.listen)):
         check("proxy socket bound", str(held), blocked_fix(held, socket_restart, name), safe=False)
     else:
         check("proxy socket bound", socket_problem(status, str(conf.listen)), socket_restart)
     check("watchdog running", None if status.units.get("watch") == "active" else
-          f"tsproxy-watch@{name} is {status.units.get('watch')}")
+          f"{unit(WATCH, name, '')} is {status.units.get('watch')}")
     if conf.dns_listen is not None:
-        dns_restart = "systemctl restart tsproxy-dns.socket tsproxy-dns.service"
+        dns_restart = f"systemctl restart {DNS_SOCKET} {DNS_SERVICE}"
         if status.units.get("dns_socket") != "active" and \
                 (held := holders.held(conf.dns_listen, ("udp", "tcp"))):
             check("DNS answers an IP-embedded name", str(held),
@@ -182,7 +191,7 @@ def _has_address(links: list[dict[str, object]], wanted: ipaddress.IPv4Interface
 def socket_problem(status: Status, listen: str) -> str | None:
     state = status.units.get("proxy_socket")
     if state != "active":
-        return f"tsproxy-socks@{status.name}.socket is {state}"
+        return f"{unit(PROXY, status.name, '.socket')} is {state}"
     host, _, port = listen.rpartition(":")
     done = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT)

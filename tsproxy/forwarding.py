@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from tsproxy_generator.config import netns_name
+from tsproxy_generator.vocabulary import netns_name
 
 from . import command
 from .errors import TsproxyError

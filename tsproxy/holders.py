@@ -15,7 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from tsproxy_generator.config import Address, Listen
+from tsproxy_generator.addresses import Address, unmapped
+from tsproxy_generator.model import Listen
 
 from .systemd import TIMEOUT, systemctl
 
@@ -107,9 +108,7 @@ def parse_endpoint(text: str) -> tuple[Address, int]:
     if sys.byteorder == "little":
         raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
     address = ipaddress.ip_address(raw)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return address.ipv4_mapped, int(hex_port, 16)
-    return address, int(hex_port, 16)
+    return unmapped(address), int(hex_port, 16)
 
 
 def covers(bound: Address, wanted: Address) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-from tsproxy_generator.config import ConfigError, TailnetConf, conf_paths, instance_name, load_all
+from tsproxy_generator import vocabulary
+from tsproxy_generator.config import conf_paths, instance_name, load_all
+from tsproxy_generator.model import ConfigError, TailnetConf
 from tsproxy_generator.paths import CONF_DIR, RUN_DIR, STATE_DIR
 
 from .errors import TsproxyError
@@ -22,13 +24,13 @@ def run_dir() -> str:
 
 def tailscaled_socket(name: str, directory: str | None = None) -> str:
     """The LocalAPI socket of an instance's tailscaled, under `directory` (default run_dir())."""
-    return os.path.join(directory or run_dir(), name, "tailscaled.sock")
+    return vocabulary.tailscaled_socket(name, directory or run_dir())
 
 
 def state_dir(name: str) -> str:
     """An instance's tailscaled --statedir (tsproxy-tailscaled@.service's StateDirectory)."""
     # Tests point the parent at a temporary directory; installed systems never set it.
-    return os.path.join(os.environ.get("TSPROXY_STATE_DIR", STATE_DIR), name)
+    return vocabulary.state_dir(name, os.environ.get("TSPROXY_STATE_DIR", STATE_DIR))
 
 
 def load_instances() -> tuple[list[TailnetConf], list[ConfigError]]:

@@ -15,7 +15,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from tsproxy_generator.config import Listen, TailnetConf
+from tsproxy_generator import vocabulary
+from tsproxy_generator.model import Listen, TailnetConf
 
 from . import holders, oldsetup, systemd
 from .errors import TsproxyError
@@ -98,7 +99,7 @@ def plan(conf: TailnetConf, from_netns: str | None = None,
             whys.setdefault(unit_name, f"holds {listen}")
     # Holders first: they block tsproxy's sockets.
     names = sorted(whys, key=lambda name: (name not in held_by, name))
-    mine = f"tsproxy-tailscaled@{conf.name}.service"
+    mine = vocabulary.unit(vocabulary.TAILSCALED, conf.name)
     states = systemd.show([*names, mine], ("Id", "LoadState", "ActiveState", "UnitFileState"))
     result.instance_running = states[mine].get("ActiveState") in ("active", "activating")
     result.has_state = os.path.exists(os.path.join(state_dir(conf.name), STATE_FILE))
@@ -212,9 +213,10 @@ def check_ready(plan: Plan, stop: bool, copy: bool, force: bool) -> None:
                            f"{plan.state_from}: copying a live state would make two nodes with "
                            f"one key; {hint} (or add --stop)")
     if plan.instance_running:
-        raise TsproxyError(f"tsproxy-tailscaled@{plan.conf.name}.service runs on "
-                           f"{state_dir(plan.conf.name)}: "
-                           f"systemctl stop tsproxy@{plan.conf.name} first")
+        name = plan.conf.name
+        raise TsproxyError(f"{vocabulary.unit(vocabulary.TAILSCALED, name)} runs on "
+                           f"{state_dir(name)}: "
+                           f"systemctl stop {vocabulary.unit(vocabulary.INSTANCE, name, '')} first")
     if plan.has_state and not force:
         raise TsproxyError(f"{state_dir(plan.conf.name)} already holds a node of its own "
                            f"({STATE_FILE}): --force replaces it (the old one is kept aside)")

@@ -36,9 +36,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .localapi import LocalAPI, LocalAPIError
+# Address is re-exported: the DNS responder takes the resolver's types from here.
+from tsproxy_generator.addresses import Address as Address
+from tsproxy_generator.addresses import ip_literal as unscoped_ip_literal
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+from .localapi import LocalAPI, LocalAPIError
 
 STATUS_TTL = 1.5
 LABEL = re.compile(r"[a-z0-9_-]{1,63}")
@@ -75,13 +77,9 @@ def normalize(host: str) -> str:
 
 
 def ip_literal(name: str) -> Address | None:
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+    if "%" in name:  # after `normalize`, only an IPv6 literal can hold one
         raise NameNotFound(f"{name!r}: scoped addresses are not tailnet addresses")
-    return address
+    return unscoped_ip_literal(name)
 
 
 def embedded(labels: list[str]) -> Address | None:

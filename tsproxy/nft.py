@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from tsproxy_generator.config import netns_name
+from tsproxy_generator.vocabulary import netns_name, nft_table
 
 # Docker's iptables-nft table: FORWARD has policy drop and jumps to DOCKER-USER first,
 # the chain Docker leaves to the administrator.
@@ -41,7 +41,7 @@ table inet {table} {{
     chain forward {{
         type filter hook forward priority filter; policy accept;
         # Nothing routes between tailnets: each instance's veth is ts-SOMETHING.
-        iifname "{veth}" oifname "ts-*" drop
+        iifname "{veth}" oifname "{every_veth}" drop
         # Nor between this tailnet and the host's own tailscaled, either way.
         iifname "{veth}" oifname "tailscale*" drop
         iifname "tailscale*" oifname "{veth}" drop
@@ -87,12 +87,12 @@ class Firewall:
 
 
 def table_name(name: str) -> str:
-    return f"tsproxy-{name}"
+    return nft_table(name)
 
 
 def tag(name: str) -> str:
     """The comment on tsproxy's rules in other tables: `down` removes exactly these."""
-    return f"tsproxy-{name}"
+    return nft_table(name)
 
 
 def docker_user_listing() -> list[str]:
@@ -122,7 +122,8 @@ def up_rules(name: str, subnet: ipaddress.IPv4Network,
              docker_handles: tuple[int, ...] | None) -> str:
     """The transaction for `up`; docker_handles is None when there is no DOCKER-USER chain."""
     veth = netns_name(name)  # the host end of the veth has the namespace's name
-    text = RULES.format(name=name, table=table_name(name), veth=veth, subnet=subnet)
+    text = RULES.format(name=name, table=table_name(name), veth=veth, subnet=subnet,
+                       every_veth=netns_name("*"))
     if docker_handles is not None:
         text += "\n" + DOCKER_RULES.format(docker=DOCKER_TABLE, user=DOCKER_USER, veth=veth,
                                            tag=tag(name),

@@ -13,7 +13,8 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from tsproxy_generator.config import Listen
+from tsproxy_generator.model import Listen
+from tsproxy_generator.vocabulary import netns_name
 
 # Where an administrator's own units live (packages install under /lib or /usr/lib).
 UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system")
@@ -128,7 +129,7 @@ def _script_text(program: str) -> str:
 
 def namespaces_of(units: list[UnitFile]) -> set[str]:
     """Namespaces named by the units, but tsproxy's own (ts-NAME)."""
-    return {ns for unit in units for ns in unit.namespaces if not ns.startswith("ts-")}
+    return {ns for unit in units for ns in unit.namespaces if not ns.startswith(netns_name(""))}
 
 
 def option(argv: tuple[str, ...], name: str) -> str | None:

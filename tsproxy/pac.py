@@ -16,7 +16,8 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from tsproxy_generator.config import Address, Listen, TailnetConf
+from tsproxy_generator.addresses import Address
+from tsproxy_generator.model import Listen, TailnetConf
 
 CONTENT_TYPE = "application/x-ns-proxy-autoconfig"
 PATH = "/proxy.pac"

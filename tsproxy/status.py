@@ -14,7 +14,18 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tsproxy_generator.config import TailnetConf, netns_name
+from tsproxy_generator.model import TailnetConf
+from tsproxy_generator.vocabulary import (
+    DNS_SERVICE,
+    DNS_SOCKET,
+    INSTANCE,
+    PROXY,
+    PROXY_STATS_DIR,
+    TAILSCALED,
+    WATCH,
+    netns_name,
+    unit,
+)
 
 from . import forwarding, holders, nft, systemd, watch
 from .instances import tailscaled_socket
@@ -22,21 +33,20 @@ from .localapi import LocalAPI, LocalAPIError
 from .netns import tailscaled_path
 
 TIMEOUT = 3.0
-DNS_SOCKET, DNS_SERVICE = "tsproxy-dns.socket", "tsproxy-dns.service"
 
 
 def stats_dir() -> str:
     # Tests point this at a temporary directory; installed systems never set it.
-    return os.environ.get("TSPROXY_STATS_DIR", "/run/tsproxy-socks")
+    return os.environ.get("TSPROXY_STATS_DIR", PROXY_STATS_DIR)
 
 
 def units_of(name: str) -> dict[str, str]:
     """The instance's units by role (the DNS pair is every instance's)."""
-    return {"instance": f"tsproxy@{name}.service",
-            "tailscaled": f"tsproxy-tailscaled@{name}.service",
-            "proxy_socket": f"tsproxy-socks@{name}.socket",
-            "proxy": f"tsproxy-socks@{name}.service",
-            "watch": f"tsproxy-watch@{name}.service",
+    return {"instance": unit(INSTANCE, name),
+            "tailscaled": unit(TAILSCALED, name),
+            "proxy_socket": unit(PROXY, name, ".socket"),
+            "proxy": unit(PROXY, name),
+            "watch": unit(WATCH, name),
             "dns_socket": DNS_SOCKET, "dns": DNS_SERVICE}
 
 
@@ -81,8 +91,9 @@ def gather(good: list[TailnetConf], bad: dict[str, str]) -> list[Status]:
     names = sorted([conf.name for conf in good] + list(bad))
     if not names:
         return []
-    states = systemd.show([unit for name in names for unit in units_of(name).values()
-                           if unit not in (DNS_SOCKET, DNS_SERVICE)] + [DNS_SOCKET, DNS_SERVICE])
+    shared = (DNS_SOCKET, DNS_SERVICE)
+    states = systemd.show([unit_name for name in names for unit_name in units_of(name).values()
+                           if unit_name not in shared] + list(shared))
     answers = asyncio.run(_ask_all([conf.name for conf in good]))
     by_name = {conf.name: conf for conf in good}
     result = []
@@ -184,7 +195,7 @@ def _int(value: object) -> int | None:
 def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str | None:
     """The first problem, as one line saying what to run; None when healthy."""
     units = units_of(name)
-    restart = f"systemctl restart tsproxy@{name}"
+    restart = f"systemctl restart {unit(INSTANCE, name, '')}"
     if status.conf_error:
         return status.conf_error
     if not os.access(tailscaled_path(), os.X_OK):
@@ -194,7 +205,7 @@ def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str |
         if instance.get("ActiveState") == "failed":
             return (f"{units['instance']} failed ({instance.get('Result')}): see journalctl "
                     f"-u {units['instance']}, then {restart}")
-        return f"not started: systemctl start tsproxy@{name}"
+        return f"not started: systemctl start {unit(INSTANCE, name, '')}"
     ns = netns_name(name)
     gone = [what for what, there in ((f"network namespace {ns}", status.netns),
                                      (f"veth {ns}", status.veth),
@@ -204,7 +215,7 @@ def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str |
             if there is False]
     if gone:
         return (f"{', '.join(gone)} missing or flushed: {restart} "
-                f"(tsproxy-watch@{name} does it within seconds)")
+                f"({unit(WATCH, name, '')} does it within seconds)")
     if status.listen_held:
         return f"{status.listen_held}, then {restart} (see tsproxy migrate {name})"
     for role in ("tailscaled", "proxy_socket", "watch"):

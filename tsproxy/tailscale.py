@@ -7,7 +7,8 @@ import os
 import subprocess
 
 from tsproxy_generator import paths
-from tsproxy_generator.config import TailnetConf
+from tsproxy_generator.model import TailnetConf
+from tsproxy_generator.vocabulary import INSTANCE, unit
 
 from .errors import TsproxyError
 from .instances import tailscaled_socket
@@ -21,7 +22,7 @@ def cli(conf: TailnetConf) -> list[str]:
     socket = tailscaled_socket(conf.name)
     if not os.path.exists(socket):
         raise TsproxyError(f"{conf.name}: tailscaled is not running ({socket} is missing); "
-                           f"start it with: systemctl start tsproxy@{conf.name}")
+                           f"start it with: systemctl start {unit(INSTANCE, conf.name, '')}")
     return [binary, f"--socket={socket}"]
 
 

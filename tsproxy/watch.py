@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tsproxy_generator.config import netns_name
+from tsproxy_generator.vocabulary import INSTANCE, netns_name, unit
 
 from . import forwarding, nft
 from .netns import netns_path
@@ -123,7 +123,7 @@ def restart(name: str) -> bool:
     """Queue `systemctl restart tsproxy@NAME`: --no-block, because the restart stops this
     watchdog too (it is bound to the instance)."""
     try:
-        done = subprocess.run(["systemctl", "restart", "--no-block", f"tsproxy@{name}.service"],
+        done = subprocess.run(["systemctl", "restart", "--no-block", unit(INSTANCE, name)],
                               capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as error:
         log(f"{name}: systemctl restart failed: {error}")
@@ -148,7 +148,7 @@ def run(name: str, interval: float = INTERVAL,
         f"inet {nft.table_name(name)} every {interval:g} s")
     while True:
         if found:
-            log(f"{name}: {'; '.join(found)}: restarting tsproxy@{name}")
+            log(f"{name}: {'; '.join(found)}: restarting {unit(INSTANCE, name, '')}")
             if repair(name):
                 return
         sleep(interval)

@@ -26,7 +26,8 @@ from proxyhost import (
 )
 
 from tsproxy import pac
-from tsproxy_generator.config import Listen, conf_paths, load_all
+from tsproxy_generator.config import conf_paths, load_all
+from tsproxy_generator.model import Listen
 
 pytestmark = pytest.mark.netns
 

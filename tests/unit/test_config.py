@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tsproxy_generator.config import ConfigError, TailnetConf, derived_subnet, load, load_all
+from tsproxy_generator.config import derived_subnet, load, load_all
+from tsproxy_generator.model import ConfigError, TailnetConf
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from tsproxy import doctor
-from tsproxy_generator.config import TailnetConf, load
+from tsproxy_generator.config import load
+from tsproxy_generator.model import TailnetConf
 
 pytestmark = pytest.mark.unit
 

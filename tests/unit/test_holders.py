@@ -15,7 +15,8 @@ import pytest
 
 from tsproxy import doctor, holders, status
 from tsproxy.holders import Held, Holder
-from tsproxy_generator.config import Listen, TailnetConf, load
+from tsproxy_generator.config import load
+from tsproxy_generator.model import Listen, TailnetConf
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tsproxy import pac
-from tsproxy_generator.config import Listen, TailnetConf, load_all
+from tsproxy_generator.config import load_all
+from tsproxy_generator.model import Listen, TailnetConf
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ import pytest
 from test_proxy_server import run, world
 
 from tsproxy.proxy.access import Users
-from tsproxy_generator.config import Listen
+from tsproxy_generator.model import Listen
 
 pytestmark = pytest.mark.unit
 

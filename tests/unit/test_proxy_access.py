@@ -16,9 +16,10 @@ from tsproxy.errors import TsproxyError
 from tsproxy.localapi import LocalAPI
 from tsproxy.proxy import routes
 from tsproxy.proxy.access import ClientNetworks, Identities, Users
-from tsproxy.proxy.egress import LocalAddresses, Policy, ip_literal
+from tsproxy.proxy.egress import LocalAddresses, Policy
 from tsproxy.proxy.limits import GLOBAL, PER_CLIENT, REFUSING_MAX, Limits
 from tsproxy.proxy.stats import Record, shown
+from tsproxy_generator.addresses import ip_literal
 
 pytestmark = pytest.mark.unit
 

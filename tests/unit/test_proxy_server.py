@@ -26,7 +26,7 @@ from tsproxy.proxy.limits import Limits
 from tsproxy.proxy.pipes import PipePool
 from tsproxy.proxy.server import PacSource, Server
 from tsproxy.proxy.stats import Log, Stats, StatsFile
-from tsproxy_generator.config import Address, Network
+from tsproxy_generator.addresses import Address, Network
 
 pytestmark = pytest.mark.unit
 

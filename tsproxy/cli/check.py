@@ -7,7 +7,9 @@ import errno
 import socket
 import sys
 
-from tsproxy_generator.config import Address, TailnetConf, conf_paths, load_all
+from tsproxy_generator.addresses import Address
+from tsproxy_generator.config import conf_paths, load_all
+from tsproxy_generator.model import TailnetConf
 
 from ..instances import conf_dir
 

@@ -7,7 +7,8 @@ import argparse
 import ipaddress
 import sys
 
-from tsproxy_generator.config import Address, TailnetConf
+from tsproxy_generator.addresses import Address
+from tsproxy_generator.model import TailnetConf
 
 from .. import snippets
 from ..errors import TsproxyError

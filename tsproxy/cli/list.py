@@ -8,7 +8,9 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from tsproxy_generator import vocabulary
 from tsproxy_generator.config import conf_paths, load_all
+from tsproxy_generator.vocabulary import ENABLED_BY, INSTANCE, unit, wants
 
 from .. import systemd
 from ..instances import conf_dir
@@ -32,15 +34,15 @@ def run(args: argparse.Namespace) -> int:
     for error in errors:  # a conf's first problem
         judged.setdefault(error.path, str(error))
     names = {path: os.path.basename(path)[: -len(".conf")] for path in paths}
-    states = systemd.show([f"tsproxy@{name}.service" for name in names.values()])
+    states = systemd.show([unit(INSTANCE, name) for name in names.values()])
     rows = []
     for path in paths:
         name = names[path]
         rows.append({"name": name, "conf": path, "error": judged.get(path),
                      "generated": generated(name, path),
-                     "autostart": os.path.lexists(os.path.join(
-                         generator_dir(), "multi-user.target.wants", f"tsproxy@{name}.service")),
-                     "state": states[f"tsproxy@{name}.service"].get("ActiveState", "?")})
+                     "autostart": os.path.lexists(
+                         wants(generator_dir(), ENABLED_BY, unit(INSTANCE, name))),
+                     "state": states[unit(INSTANCE, name)].get("ActiveState", "?")})
     if args.json:
         print(json.dumps(rows, indent=1))
     elif not rows:
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def generated(name: str, path: str) -> str:
     """yes; stale (the conf changed since: daemon-reload); no (bad, or never reloaded)."""
-    drop_in = os.path.join(generator_dir(), f"tsproxy@{name}.service.d", "50-tsproxy.conf")
+    drop_in = vocabulary.drop_in(generator_dir(), unit(INSTANCE, name))
     try:
         made = os.stat(drop_in).st_mtime_ns
     except OSError:

@@ -12,6 +12,8 @@ import argparse
 import shlex
 import sys
 
+from tsproxy_generator import vocabulary
+
 from .. import migrate
 from ..instances import get_instance, state_dir
 from ..migrate import Plan
@@ -50,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         # Started now, the instance would be a new node: say how to keep the old one.
         print(f"next: tsproxy migrate {conf.name} --state-from {shlex.quote(plan.state_from)}"
               f"{' --force' if plan.has_state else ''} (keeps the node), then "
-              f"systemctl start tsproxy@{conf.name}")
+              f"systemctl start {instance_unit(conf.name)}")
     elif args.stop or copy:
-        print(f"next: systemctl start tsproxy@{conf.name}; tsproxy status {conf.name}")
+        print(f"next: systemctl start {instance_unit(conf.name)}; tsproxy status {conf.name}")
     sys.stdout.flush()
     return 0
 
@@ -72,7 +74,7 @@ def report(plan: Plan, from_netns: str | None, acting: bool) -> str:
                      f"tsproxy listens on {plan.conf.listen}")
     if acting:
         return "\n".join(lines)
-    steps = [f"systemctl stop tsproxy@{name}"] if plan.instance_running else []
+    steps = [f"systemctl stop {instance_unit(name)}"] if plan.instance_running else []
     if plan.to_stop:
         steps.append(f"systemctl disable --now {' '.join(plan.to_stop)}")
     steps += [f"stop {holder} (it is no unit of the old setup)" for holder in plan.strangers]
@@ -85,9 +87,9 @@ def report(plan: Plan, from_netns: str | None, acting: bool) -> str:
         (" --force" if plan.has_state else "")
     if plan.state_from:
         steps.append(f"{migrate_command}{copy_options}  (the node keeps its key and 100.x "
-                     "address: no new login" + (f"; --force: the node tsproxy@{name} made "
+                     "address: no new login" + (f"; --force: the node {instance_unit(name)} made "
                                                "is kept aside" if plan.has_state else "") + ")")
-    steps.append(f"systemctl start tsproxy@{name}")
+    steps.append(f"systemctl start {instance_unit(name)}")
     if not plan.state_from:
         steps.append(f"tsproxy login {name}  (no old tailscaled state found: a new node)")
     steps.append(f"tsproxy status {name}")
@@ -97,3 +99,8 @@ def report(plan: Plan, from_netns: str | None, acting: bool) -> str:
         lines.append(f"({migrate_command} --stop{copy_options if plan.state_from else ''} "
                      "runs the steps before the start)")
     return "\n".join(lines)
+
+
+def instance_unit(name: str) -> str:
+    """tsproxy@NAME, as people type it."""
+    return vocabulary.unit(vocabulary.INSTANCE, name, "")

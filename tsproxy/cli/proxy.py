@@ -13,7 +13,8 @@ import argparse
 import os
 import socket
 
-from tsproxy_generator.config import ConfigError, load
+from tsproxy_generator.config import load
+from tsproxy_generator.model import ConfigError
 
 from ..activation import bind, inherited_sockets, parse_listen
 from ..errors import TsproxyError

@@ -15,9 +15,9 @@ import socket
 import sys
 from collections.abc import Callable
 
+from tsproxy_generator.addresses import endpoint
 from tsproxy_generator.config import conf_paths
 
-from ..activation import endpoint
 from ..instances import conf_dir, load_instances
 from .answer import QUERY_TIMEOUT, Responder
 from .server import DnsServer

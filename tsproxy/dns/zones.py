@@ -10,7 +10,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tsproxy_generator.config import TailnetConf
+from tsproxy_generator.model import TailnetConf
 
 from ..instances import tailscaled_socket
 from ..localapi import LocalAPI

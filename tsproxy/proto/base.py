@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+
+# Re-exported for the parsers next door, which import their helpers from here.
+from tsproxy_generator.addresses import ip_literal as ip_literal
 
 # authenticate(user, password) -> bool. The callback compares in constant time; the parsers
 # call it exactly once per attempt, whatever the user name, so they add no timing of their own.
@@ -103,16 +105,6 @@ class Handshake:
     def buffered(self) -> int:
         """Bytes held while waiting for the rest of a message (capped by each protocol)."""
         return len(self._buffer)
-
-
-def ip_literal(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The address if `text` is a plain IP literal; zone ids ("fe80::1%eth0") are not."""
-    if "%" in text:
-        return None
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 def is_host(text: str) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tsproxy_generator.config import Network
+from tsproxy_generator.addresses import Network, unmapped
 
 from ..errors import TsproxyError
 from ..localapi import LocalAPI, LocalAPIError
@@ -49,8 +49,7 @@ class ClientNetworks:
             address = ipaddress.ip_address(host.partition("%")[0])
         except ValueError:
             return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # a v4 client on a dual-stack listener
+        address = unmapped(address)  # a v4 client on a dual-stack listener
         return any(address in network for network in self.networks)
 
 

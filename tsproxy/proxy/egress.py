@@ -26,7 +26,8 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 
-from tsproxy_generator.config import VETH_POOL, Address, Network
+from tsproxy_generator.addresses import Address, Network, unmapped
+from tsproxy_generator.config import VETH_POOL
 
 from ..proto import Reply
 from .routes import Routes
@@ -92,8 +93,7 @@ class Policy:
         self._is_local = is_local or LocalAddresses().contains
 
     def refuses(self, address: Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel
+        address = unmapped(address)  # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel
         value = int(address)
         if any(value & mask == network for network, mask in self._allowed[address.version]):
             return False
@@ -140,21 +140,6 @@ def _masks(networks: Iterable[Network]) -> dict[int, list[tuple[int, int]]]:
     for network in networks:
         masks[network.version].append((int(network.network_address), int(network.netmask)))
     return masks
-
-
-def ip_literal(host: str) -> Address | None:
-    """`host` as an address if it is an IP literal (inet_pton's strict forms: no leading
-    zeros, no zone id), else None. The common case, so cheaper than ipaddress' parser."""
-    try:
-        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, host))
-    except OSError:
-        pass
-    if ":" in host:
-        try:
-            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, host))
-        except OSError:
-            pass
-    return None
 
 
 class Dialer:

@@ -19,7 +19,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 
-from tsproxy_generator.config import Address, Network
+from tsproxy_generator.addresses import Address, Network
 
 REFRESH_EVERY = 1.0  # at most one dump per second, however many destinations miss
 CACHE_MAX = 4096

@@ -30,9 +30,9 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
-from tsproxy_generator.config import Address, Listen
+from tsproxy_generator.addresses import Address, endpoint, ip_literal
+from tsproxy_generator.model import Listen
 
-from ..activation import endpoint
 from ..names import NameNotFound, ResolveError, Resolver
 from ..proto import (
     HttpConnectHandshake,
@@ -46,7 +46,7 @@ from ..proto import (
 from ..proto.http_connect import PAC_PATH, response
 from . import limits
 from .access import ClientNetworks, Identities, Users
-from .egress import DialError, Policy, ip_literal
+from .egress import DialError, Policy
 from .pipes import PipePool
 from .relay import CLOSED, IDLE, IDLE_TIMEOUT, Tunnel
 from .stats import Log, Record, Stats

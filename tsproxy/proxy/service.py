@@ -17,10 +17,10 @@ import signal
 import socket
 from dataclasses import dataclass
 
-from tsproxy_generator.config import Listen, TailnetConf
+from tsproxy_generator.addresses import endpoint
+from tsproxy_generator.model import Listen, TailnetConf
 
 from .. import pac
-from ..activation import endpoint
 from ..errors import TsproxyError
 from ..instances import load_instances, tailscaled_socket
 from ..localapi import LocalAPI

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import jinja2
 
-from tsproxy_generator.config import DNS_PORT, Address, Listen, TailnetConf
+from tsproxy_generator.addresses import Address
+from tsproxy_generator.model import Listen, TailnetConf
+from tsproxy_generator.values import DNS_PORT
 
 from .. import pac
 from ..errors import TsproxyError
