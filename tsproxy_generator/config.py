@@ -29,6 +29,11 @@ NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,11}")
 # Derived veth /30s come from here; an explicit veth_subnet may be anywhere.
 VETH_POOL = ipaddress.IPv4Network("10.200.0.0/16")
 
+# Parsed once, not per conf: the generator reads every conf at boot. validate() only reads
+# the spec, and the validator's cache of parsed checks hands out copies.
+SPEC = ConfigObj(CONFIGSPEC, raise_errors=True, file_error=True, _inspec=True)
+VALIDATOR = Validator(VALIDATOR_CHECKS)
+
 
 def instance_name(path: str) -> str:
     """The instance name is the file name: it becomes a unit instance, a netns and a link."""
@@ -54,7 +59,7 @@ def _parse(path: str) -> tuple[ConfigObj, list[ConfigError]]:
     try:
         with open(path, encoding="utf-8") as file:
             lines = file.read().splitlines()
-        return ConfigObj(lines, configspec=CONFIGSPEC, interpolation=False, _inspec=False), []
+        return ConfigObj(lines, configspec=SPEC, interpolation=False, _inspec=False), []
     except (OSError, UnicodeDecodeError) as error:
         message = "not valid UTF-8" if isinstance(error, UnicodeDecodeError) else (
             error.strerror or str(error))
@@ -64,7 +69,7 @@ def _parse(path: str) -> tuple[ConfigObj, list[ConfigError]]:
         read = getattr(error, "config", None)
         if read is None:
             raise _first_and_more(problems) from None
-        conf = ConfigObj(read.dict(), configspec=CONFIGSPEC, interpolation=False, _inspec=False)
+        conf = ConfigObj(read.dict(), configspec=SPEC, interpolation=False, _inspec=False)
         return conf, problems
 
 
@@ -92,7 +97,7 @@ def load(path: str, root: str = "/") -> TailnetConf:
     """
     name = instance_name(path)
     conf, bad_lines = _parse(path)
-    results = conf.validate(Validator(VALIDATOR_CHECKS), preserve_errors=True)
+    results = conf.validate(VALIDATOR, preserve_errors=True)
     problems: list[ConfigError] = []
     # Extra values are only known once validate() has run.
     for sections, key in get_extra_values(conf):

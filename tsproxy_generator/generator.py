@@ -18,6 +18,9 @@ from .log import ERR, INFO, Log
 from .model import TailnetConf
 from .vocabulary import DNS_SOCKET, ENABLED_BY, INSTANCE, LOGIN, PROXY, TAILSCALED, unit
 
+# Every file is created exclusively, as open(path, "x") does.
+CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
 log = Log("tsproxy-generator")
 
 
@@ -38,17 +41,32 @@ class Output:
                   "", "[Unit]", f"SourcePath={escape(source)}"]
         body = [line for name, lines in sections.items() for line in ("", f"[{name}]", *lines)]
         path = vocabulary.drop_in(self.directory, unit)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "x", encoding="utf-8") as file:
-            file.write("\n".join(header + body) + "\n")
+        self._directory(os.path.dirname(path))
+        # os.open and bytes, not open(): a boot writes three of these per conf.
+        fd = os.open(path, CREATE_NEW, 0o666)
+        try:
+            os.write(fd, ("\n".join(header + body) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
 
     def wants(self, unit: str, wanted: str) -> None:
         """`unit` wants `wanted`, one of the shipped units or an instance of a template."""
         link = vocabulary.wants(self.directory, unit, wanted)
-        os.makedirs(os.path.dirname(link), exist_ok=True)
+        self._directory(os.path.dirname(link))
         shipped = wanted.split("@", 1)[0] + "@." + wanted.rsplit(".", 1)[1] if "@" in wanted \
             else wanted
         os.symlink(os.path.join(paths.UNIT_DIR, shipped), link)
+
+    @staticmethod
+    def _directory(directory: str) -> None:
+        """`directory`, made if missing: one mkdir, where os.makedirs would first look at
+        every parent."""
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # no output directory yet: make it too
+            os.makedirs(directory, exist_ok=True)
 
 
 def generate(conf: TailnetConf, out: Output) -> None:

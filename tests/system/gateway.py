@@ -5,6 +5,9 @@ a user installs them. Used by the system tests, `make demo` and the start-time b
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import build_root
@@ -84,3 +87,18 @@ def install(container: Container, tailscale_deb: Path, confs: dict[str, str]) ->
     container.write_file(*NO_LOGS_DROP_IN)
     for name, text in confs.items():
         container.write_file(f"/etc/tsproxy.d/{name}", text)
+
+
+@contextlib.contextmanager
+def booted_with_package(confs: dict[str, str], network: bool = False) -> Iterator[Container]:
+    """For the benchmarks (tools/bench-*): a booted Debian 12 with the test tailscale and
+    dist/'s tsproxy installed as the user does it, and `confs`; with `network`, the host's."""
+    tailscale_deb = subprocess.run([str(REPO / "tests/tailscale/build-deb"), "/tmp"], check=True,
+                                   capture_output=True, text=True).stdout.split()[-1]
+    with Container.from_image(images.ensure_base_image()) as container:
+        container.boot()
+        container.wait_running()
+        if network:
+            bring_up_network(container)
+        install(container, Path(tailscale_deb), confs)
+        yield container

@@ -14,7 +14,7 @@ from nspawn import Container, wait_for
 
 pytestmark = pytest.mark.system
 
-# Goal of issue 6: <= 3.5 for the proxy and the DNS responder. tailscaled needs root's
+# The hardening goal: <= 3.5 for the proxy and the DNS responder. tailscaled needs root's
 # network powers; its bound keeps what its unit has from sliding back.
 MAX_EXPOSURE = {"tsproxy-socks@fgpu.service": 3.5, "tsproxy-dns.service": 3.5,
                 "tsproxy-tailscaled@fgpu.service": 3.5, "tsproxy-watch@fgpu.service": 3.5}

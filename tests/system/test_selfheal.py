@@ -13,7 +13,7 @@ from nspawn import Container, wait_for
 
 pytestmark = pytest.mark.system
 
-HEAL_WITHIN = 10.0  # seconds, issue 6
+HEAL_WITHIN = 10.0  # seconds: the self-healing goal
 PROXY = f"socks5h://{HOST_TS_IP}:11080"
 
 

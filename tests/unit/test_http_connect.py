@@ -1,4 +1,4 @@
-"""HTTP CONNECT handshake: every good and bad input of issue 3 -> exact bytes, however fed."""
+"""HTTP CONNECT handshake: every good and bad input the proxy takes -> exact bytes, however fed."""
 
 from __future__ import annotations
 

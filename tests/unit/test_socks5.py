@@ -1,4 +1,4 @@
-"""SOCKS5 handshake: every good and bad input of issue 3 -> exact bytes, however it is fed."""
+"""SOCKS5 handshake: every good and bad input the proxy takes -> exact bytes, however it is fed."""
 
 from __future__ import annotations
 

@@ -26,24 +26,35 @@ import dnslib  # type: ignore[import-untyped]
 
 from ..localapi import LocalAPIError
 from ..names import NameNotFound, ResolveError
-from .fast import FLAG_CD, FLAG_RD, UDP_PAYLOAD, FastPath
-from .zones import (
+from .fast import FastPath
+from .protocol import (
+    BADVERS,
+    CLASS_IN,
+    FLAG_CD,
+    FLAG_OPCODE,
+    FLAG_QR,
+    FLAG_RD,
+    FORMERR,
+    MAX_LABEL,
+    MAX_NAME,
     NEGATIVE_TTL,
+    NOERROR,
+    NOTIMP,
+    NXDOMAIN,
+    OPCODE_QUERY,
+    OPCODE_UPDATE,
+    REFUSED,
+    SERVFAIL,
     SOA_TIMERS,
     TTL_EMBEDDED,
     TTL_PEER,
-    Apex,
-    Zones,
-    empty_non_terminal,
+    UDP_PAYLOAD,
+    soa_names,
 )
+from .zones import Apex, Zones, empty_non_terminal
 
 QUERY_TIMEOUT = 2.0
-MAX_NAME, MAX_LABEL = 255, 63  # RFC 1035 2.3.4, in wire form
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
-OPCODE_QUERY, OPCODE_UPDATE = 0, 5
-BADVERS = 16  # an extended RCODE: its upper 8 bits travel in the OPT record
 Q = dnslib.QTYPE
-CLASS_IN = 1
 
 
 class Responder:
@@ -56,7 +67,7 @@ class Responder:
 
     async def answer(self, query: bytes, udp: bool = True) -> bytes | None:
         """The reply to ``query`` (None: send nothing). ``udp``: size-limit the reply."""
-        if len(query) < 12 or query[2] & 0x80:
+        if len(query) < 12 or query[2] & FLAG_QR:
             return None
         try:
             record = dnslib.DNSRecord.parse(query)
@@ -174,12 +185,14 @@ def malformed(labels: tuple[bytes, ...]) -> bool:
 
 
 def soa(apex: Apex, ttl: int = NEGATIVE_TTL) -> dnslib.RR:
+    """protocol.soa_record's record, built with dnslib."""
+    mname, rname = soa_names(apex.name)
     return dnslib.RR(apex.name + ".", Q.SOA, ttl=ttl,
-                     rdata=dnslib.SOA(apex.name + ".", f"hostmaster.{apex.name}.", SOA_TIMERS))
+                     rdata=dnslib.SOA(mname + ".", rname + ".", SOA_TIMERS))
 
 
 def error_reply(query: bytes, rcode: int) -> bytes:
     """A header-only reply: the query's id and opcode, RD and CD copied, no records."""
-    flags = bytes((0x80 | (query[2] & (0x78 | FLAG_RD)), (query[3] & FLAG_CD) | rcode))
+    flags = bytes((FLAG_QR | (query[2] & (FLAG_OPCODE | FLAG_RD)), (query[3] & FLAG_CD) | rcode))
     return query[:2] + flags + bytes(8)
 

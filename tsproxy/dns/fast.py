@@ -17,15 +17,23 @@ from __future__ import annotations
 import struct
 
 from ..names import Address, NameNotFound, ResolveError
-from .zones import TTL_EMBEDDED, TTL_PEER, Zones, empty_non_terminal
+from .protocol import (
+    CLASS_IN,
+    FLAG_AA,
+    FLAG_CD,
+    FLAG_QR,
+    FLAG_RD,
+    NOERROR,
+    NXDOMAIN,
+    TTL_EMBEDDED,
+    TTL_PEER,
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_OPT,
+    UDP_PAYLOAD,
+)
+from .zones import Zones, empty_non_terminal
 
-HEADER = struct.Struct("!HBBHHHH")  # id, flags (two bytes), QD, AN, NS, AR counts
-TYPE_A, TYPE_AAAA, TYPE_OPT, CLASS_IN = 1, 28, 41, 1
-NOERROR, NXDOMAIN = 0, 3
-FLAG_QR, FLAG_AA, FLAG_RD, FLAG_CD = 0x80, 0x04, 0x01, 0x10
-# RFC 1035 4.2.1 lets a UDP answer be 512 bytes; with EDNS we offer what DNS Flag Day 2020
-# settled on, which fits an unfragmented packet on any path.
-UDP_PAYLOAD = 1232
 OPT_RECORD = b"\0" + struct.pack("!HHIH", TYPE_OPT, UDP_PAYLOAD, 0, 0)
 CACHE_SIZE = 65536
 

@@ -6,7 +6,6 @@ means the same address to `dig` and to `curl -x socks5h://`.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -15,19 +14,7 @@ from tsproxy_generator.model import TailnetConf
 from ..instances import tailscaled_socket
 from ..localapi import LocalAPI
 from ..names import OCTET, Resolver
-
-# IP-embedded names mean the same address forever; peers come and go.
-TTL_EMBEDDED = 3600
-TTL_PEER = 60
-# SOA minimum: how long a resolver may remember "no such name" (RFC 2308).
-NEGATIVE_TTL = 30
-SOA_TIMERS = (1, 3600, 600, 86400, NEGATIVE_TTL)  # serial, refresh, retry, expire, minimum
-
-
-def wire_name(name: str) -> bytes:
-    """``a.b`` in DNS wire form, uncompressed."""
-    return b"".join(bytes([len(label)]) + label.encode("ascii")
-                    for label in name.split(".") if label) + b"\0"
+from .protocol import soa_record
 
 
 def empty_non_terminal(relative: list[str]) -> bool:
@@ -46,10 +33,7 @@ class Apex:
     soa: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        owner = wire_name(self.name)
-        rdata = owner + wire_name("hostmaster." + self.name) + struct.pack("!5I", *SOA_TIMERS)
-        record = owner + struct.pack("!HHIH", 6, 1, NEGATIVE_TTL, len(rdata)) + rdata
-        object.__setattr__(self, "soa", record)
+        object.__setattr__(self, "soa", soa_record(self.name))
 
 
 @dataclass(frozen=True)
