@@ -45,7 +45,6 @@ import base64
 import binascii
 import enum
 import re
-from dataclasses import dataclass
 from http import HTTPStatus
 
 from . import http_forward
@@ -53,66 +52,19 @@ from .base import (
     Authenticate,
     ConnectRequest,
     Handshake,
-    ProtocolError,
+    PacRequest,
     Reply,
     ip_literal,
     is_host,
     shown,
 )
 from .http_forward import DIGITS, TCHAR
+from .http_response import ESTABLISHED, STATUS, bad, refused, response, unauthorized
 
 MAX_HEAD = 64 * 1024
-REALM = "tsproxy"
-ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 PAC_PATH = "/proxy.pac"
-PAC_TYPE = "application/x-ns-proxy-autoconfig"
 
 _VERSION = re.compile(r"HTTP/([0-9])\.[0-9]")
-
-# What a failed dial looks like to an HTTP client. REP 1 is what the resolver being down
-# maps to, a gateway problem like the others, hence 502 rather than 500.
-_STATUS = {
-    Reply.GENERAL_FAILURE: HTTPStatus.BAD_GATEWAY,
-    Reply.NOT_ALLOWED: HTTPStatus.FORBIDDEN,
-    Reply.NETWORK_UNREACHABLE: HTTPStatus.BAD_GATEWAY,
-    Reply.HOST_UNREACHABLE: HTTPStatus.BAD_GATEWAY,
-    Reply.CONNECTION_REFUSED: HTTPStatus.BAD_GATEWAY,
-    Reply.TTL_EXPIRED: HTTPStatus.GATEWAY_TIMEOUT,
-    Reply.COMMAND_NOT_SUPPORTED: HTTPStatus.METHOD_NOT_ALLOWED,
-    Reply.ADDRESS_TYPE_NOT_SUPPORTED: HTTPStatus.BAD_REQUEST,
-}
-
-
-def response(status: HTTPStatus, *headers: str) -> bytes:
-    """A complete error response: no body, and the connection closes after it."""
-    lines = [f"HTTP/1.1 {status.value} {status.phrase}", *headers,
-             "Content-Length: 0", "Connection: close", "", ""]
-    return "\r\n".join(lines).encode("latin-1")
-
-
-@dataclass(frozen=True)
-class PacRequest:
-    """`GET /proxy.pac` (or HEAD): the server answers with pac_reply() and closes."""
-    method: str  # "GET" or "HEAD"
-
-
-def pac_reply(request: PacRequest, text: str) -> bytes:
-    """The PAC file as a complete response; HEAD gets the head alone. no-cache: browsers
-    fetch it again when they look, so a conf change reaches them without a stale copy."""
-    body = text.encode("utf-8")
-    head = "\r\n".join(["HTTP/1.1 200 OK", f"Content-Type: {PAC_TYPE}",
-                         f"Content-Length: {len(body)}", "Cache-Control: no-cache",
-                         "Connection: close", "", ""]).encode("latin-1")
-    return head if request.method == "HEAD" else head + body
-
-
-def _bad(reason: str) -> ProtocolError:
-    return ProtocolError(reason, response(HTTPStatus.BAD_REQUEST))
-
-
-def _unauthorized(reason: str) -> ProtocolError:
-    return ProtocolError(reason, response(HTTPStatus.PROXY_AUTHENTICATION_REQUIRED,
-                                          f'Proxy-Authenticate: Basic realm="{REALM}"'))
 
 
 class _State(enum.Enum):
@@ -131,7 +83,6 @@ class HttpConnectHandshake(Handshake):
         self._scanned = 0  # no LF before this offset: byte-by-byte feeding stays linear
         self._target: tuple[str, int] = ("", 0)
         self._credentials: list[str] = []
-        self._pac: PacRequest | None = None
         self._pac_method: str | None = None  # set by the request line, reported at its end
         # An absolute-form request: (method, origin-form target, version, authority), and
         # every header line, to rewrite the head once it is complete.
@@ -143,8 +94,8 @@ class HttpConnectHandshake(Handshake):
 
     @property
     def pac(self) -> PacRequest | None:
-        """A complete PAC request (then .request stays None)."""
-        return self._pac
+        """The event if it asks for the PAC file."""
+        return self._event if isinstance(self._event, PacRequest) else None
 
     @property
     def forwarding(self) -> bool:
@@ -164,7 +115,11 @@ class HttpConnectHandshake(Handshake):
         unused: HTTP has no place for it."""
         if code is Reply.SUCCEEDED:
             return b"" if self._forward else ESTABLISHED
-        return response(_STATUS[code])
+        return response(STATUS[code])
+
+    def refusal(self, code: Reply, status: HTTPStatus | None = None) -> tuple[bytes, str]:
+        status = status or STATUS[code]
+        return response(status), f"HTTP {status.value}"
 
     def _parse(self) -> None:
         buf = self._buffer
@@ -173,13 +128,13 @@ class HttpConnectHandshake(Handshake):
             if newline < 0:
                 self._scanned = len(buf)
                 if len(buf) > MAX_HEAD:
-                    raise ProtocolError(f"request head over {MAX_HEAD} bytes",
-                                        response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE))
+                    raise refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                  f"request head over {MAX_HEAD} bytes")
                 return
             end = newline + 1
             if end > MAX_HEAD:
-                raise ProtocolError(f"request head over {MAX_HEAD} bytes",
-                                    response(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE))
+                raise refused(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                              f"request head over {MAX_HEAD} bytes")
             line = bytes(buf[self._line_start:newline])
             self._bare_lf = self._bare_lf or not line.endswith(b"\r")
             line = line.removesuffix(b"\r")
@@ -191,11 +146,11 @@ class HttpConnectHandshake(Handshake):
                 self._header(line.decode("latin-1"))
             else:
                 if self._pac_method is not None:
-                    self._pac = PacRequest(self._pac_method)
+                    self._event = PacRequest(self._pac_method)
                 else:
                     self._check_framing()
                     user = self._check_credentials()
-                    self._request = ConnectRequest(*self._target, "http", user)
+                    self._event = ConnectRequest(*self._target, "http", user)
                 self._leftover = self._forward_head() + bytes(buf[end:])
                 buf.clear()
                 self._state = _State.DONE
@@ -203,16 +158,16 @@ class HttpConnectHandshake(Handshake):
     def _request_line(self, line: str) -> None:
         parts = line.split(" ")
         if len(parts) != 3:
-            raise _bad(f"bad request line {shown(line)}")
+            raise bad(f"bad request line {shown(line)}")
         method, target, version = parts
         if not method or not TCHAR.issuperset(method):
-            raise _bad(f"bad request line {shown(line)}")
+            raise bad(f"bad request line {shown(line)}")
         matched = _VERSION.fullmatch(version)
         if matched is None:
-            raise _bad(f"bad request line {shown(line)}")
+            raise bad(f"bad request line {shown(line)}")
         if matched.group(1) != "1":
-            raise ProtocolError(f"version {shown(version)} not supported",
-                                response(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED))
+            raise refused(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                          f"version {shown(version)} not supported")
         self._method, self._version = method, version
         if method != "CONNECT" and target.startswith("/"):
             self._pac_method = _origin_form(method, target)
@@ -220,23 +175,23 @@ class HttpConnectHandshake(Handshake):
         if method != "CONNECT" and target[:7].lower() == "http://":
             authority, origin = http_forward.origin_form(target[7:])
             if "@" in authority:
-                raise _bad(f"{method} target {shown(target)}: userinfo in the URL")
+                raise bad(f"{method} target {shown(target)}: userinfo in the URL")
             has_port = ":" in authority and not authority.endswith("]")
             self._target = _authority(authority if has_port else f"{authority}:80", method)
             self._forward = (method, origin, version, authority)
             return
         if method != "CONNECT":
-            raise ProtocolError(f"method {shown(method)} not supported for target "
-                                f"{shown(target)} (CONNECT, /proxy.pac or http:// URLs)",
-                                response(HTTPStatus.METHOD_NOT_ALLOWED, "Allow: CONNECT"))
+            raise refused(HTTPStatus.METHOD_NOT_ALLOWED,
+                          f"method {shown(method)} not supported for target {shown(target)} "
+                          f"(CONNECT, /proxy.pac or http:// URLs)", "Allow: CONNECT")
         self._target = _authority(target)
 
     def _check_framing(self) -> None:
         if self._forward is not None and self._bare_lf:
-            raise _bad("bare LF line ending in a request to forward")
+            raise bad("bare LF line ending in a request to forward")
         problem = http_forward.framing_problem(self._method, self._version, self._framing)
         if problem is not None:
-            raise _bad(problem)
+            raise bad(problem)
 
     def _forward_head(self) -> bytes:
         if self._forward is None:
@@ -248,16 +203,16 @@ class HttpConnectHandshake(Handshake):
 
     def _header(self, line: str) -> None:
         if line[0] in " \t":
-            raise _bad("obsolete header line folding")
+            raise bad("obsolete header line folding")
         # Never a header's value in a reason: it may be a password.
         name, colon, value = line.partition(":")
         if not colon:
-            raise _bad("header line without ':'")
+            raise bad("header line without ':'")
         if not name or not TCHAR.issuperset(name):
-            raise _bad(f"bad header name {shown(name, 32)}")
+            raise bad(f"bad header name {shown(name, 32)}")
         value = value.strip(" \t")
         if "\r" in value or "\0" in value:
-            raise _bad(f"CR or NUL in header {shown(name)}")
+            raise bad(f"CR or NUL in header {shown(name)}")
         lowered = name.lower()
         if lowered == "proxy-authorization":
             self._credentials.append(value)
@@ -270,32 +225,31 @@ class HttpConnectHandshake(Handshake):
         if self._authenticate is None:
             return None
         if len(self._credentials) > 1:
-            raise _bad("repeated Proxy-Authorization")
+            raise bad("repeated Proxy-Authorization")
         if not self._credentials:
-            raise _unauthorized("no Proxy-Authorization")
+            raise unauthorized("no Proxy-Authorization")
         scheme, _, token = self._credentials[0].partition(" ")
         if scheme.lower() != "basic":
-            raise _unauthorized(f"Proxy-Authorization scheme {shown(scheme, 16)} is not Basic")
+            raise unauthorized(f"Proxy-Authorization scheme {shown(scheme, 16)} is not Basic")
         try:
             decoded = base64.b64decode(token.strip(" ").encode("latin-1"), validate=True)
             user, colon, password = decoded.decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
-            raise _unauthorized("Proxy-Authorization Basic is not base64 of UTF-8") from None
+            raise unauthorized("Proxy-Authorization Basic is not base64 of UTF-8") from None
         if not colon or not user:
-            raise _unauthorized("Proxy-Authorization Basic without a user name and ':'")
+            raise unauthorized("Proxy-Authorization Basic without a user name and ':'")
         if not self._authenticate(user, password):
-            raise _unauthorized(f"authentication failed for user {shown(user)}")
+            raise unauthorized(f"authentication failed for user {shown(user)}")
         return user
 
 
 def _origin_form(method: str, target: str) -> str:
     """The method of a request for the one resource the proxy serves itself."""
     if target.partition("?")[0] != PAC_PATH:
-        raise ProtocolError(f"no resource {shown(target)} here (only {PAC_PATH})",
-                            response(HTTPStatus.NOT_FOUND))
+        raise refused(HTTPStatus.NOT_FOUND, f"no resource {shown(target)} here (only {PAC_PATH})")
     if method not in ("GET", "HEAD"):
-        raise ProtocolError(f"method {shown(method)} not supported for {PAC_PATH}",
-                            response(HTTPStatus.METHOD_NOT_ALLOWED, "Allow: GET, HEAD"))
+        raise refused(HTTPStatus.METHOD_NOT_ALLOWED,
+                      f"method {shown(method)} not supported for {PAC_PATH}", "Allow: GET, HEAD")
     return method
 
 
@@ -303,15 +257,15 @@ def _authority(target: str, method: str = "CONNECT") -> tuple[str, int]:
     """An authority `host:port`: (host without brackets, port)."""
     host, colon, port = target.rpartition(":")
     if not colon or not 1 <= len(port) <= 5 or not DIGITS.issuperset(port):
-        raise _bad(f"{method} target {shown(target)} is not host:port")
+        raise bad(f"{method} target {shown(target)} is not host:port")
     number = int(port)
     if not 1 <= number <= 65535:
-        raise _bad(f"{method} target {shown(target)}: port out of range")
+        raise bad(f"{method} target {shown(target)}: port out of range")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
         if ip_literal(inner) is None or ":" not in inner:
-            raise _bad(f"{method} target {shown(target)}: bad IPv6 literal")
+            raise bad(f"{method} target {shown(target)}: bad IPv6 literal")
         return inner, number
     if ":" in host or not is_host(host):
-        raise _bad(f"{method} target {shown(target)}: bad host")
+        raise bad(f"{method} target {shown(target)}: bad host")
     return host, number
