@@ -103,7 +103,7 @@ class Handshake:
 
     def _complete(self) -> bool:
         """The handshake has parsed all it will: later bytes are payload."""
-        raise NotImplementedError
+        return self._event is not None
 
     def _receive(self) -> bytes:
         """Parse what `_buffer` holds: the bytes to send now, or ProtocolError."""

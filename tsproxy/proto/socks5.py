@@ -75,7 +75,6 @@ class _State(enum.Enum):
     GREETING = enum.auto()
     AUTH = enum.auto()
     REQUEST = enum.auto()
-    DONE = enum.auto()
 
 
 def _name(enum_type: type[IntEnum], value: int) -> str:
@@ -96,9 +95,6 @@ class Socks5Handshake(Handshake):
         super().__init__(authenticate)
         self._state = _State.GREETING
         self._user: str | None = None
-
-    def _complete(self) -> bool:
-        return self._state is _State.DONE
 
     def _receive(self) -> bytes:
         out = bytearray()
@@ -225,7 +221,6 @@ class Socks5Handshake(Handshake):
         if port == 0:
             raise ProtocolError(f"port 0 (host {shown(host)})", self.reply(Reply.NOT_ALLOWED))
         self._event = ConnectRequest(host, port, "socks5", self._user)
-        self._state = _State.DONE
         return b""
 
     def _refuse_command(self, command: int) -> None:
