@@ -19,7 +19,7 @@ from tsproxy.proto import (
     ProtocolError,
     Socks5Handshake,
 )
-from tsproxy.proto.http_connect import MAX_HEAD
+from tsproxy.proto.http_head import MAX_HEAD
 from tsproxy.proto.socks5 import MAX_BUFFER
 
 Handshake = Socks5Handshake | HttpConnectHandshake

@@ -9,7 +9,7 @@ import pytest
 from proto_harness import Make, Outcome, closed_at_every_prefix, refused, run, tr
 
 from tsproxy.proto import ConnectRequest, Failure, HttpConnectHandshake, ProtocolError, Reply
-from tsproxy.proto.http_connect import MAX_HEAD
+from tsproxy.proto.http_head import MAX_HEAD
 
 pytestmark = pytest.mark.unit
 

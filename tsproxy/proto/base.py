@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 from http import HTTPStatus
 
 # authenticate(user, password) -> bool. The callback compares in constant time; the parsers
@@ -28,7 +27,7 @@ class Reply(IntEnum):
     ADDRESS_TYPE_NOT_SUPPORTED = 8
 
 
-class Failure(enum.Enum):
+class Failure(Enum):
     """Why a handshake failed, as the log and the counters name it."""
 
     BAD_HANDSHAKE = "bad handshake"

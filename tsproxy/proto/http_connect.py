@@ -50,10 +50,8 @@ from .base import (
     is_host,
     shown,
 )
-from .http_head import DIGITS, MAX_HEAD, HeadReader, RequestLine, header, request_line
+from .http_head import DIGITS, HeadReader, RequestLine, header, request_line
 from .http_response import ESTABLISHED, STATUS, bad, refused, response, unauthorized
-
-__all__ = ["MAX_HEAD", "PAC_PATH", "HttpConnectHandshake"]
 
 PAC_PATH = "/proxy.pac"
 
