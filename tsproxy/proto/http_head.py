@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 
 from .base import shown
 from .http_response import bad, refused
@@ -30,8 +30,7 @@ DIGITS = frozenset("0123456789")
 _VERSION = re.compile(r"HTTP/([0-9])\.[0-9]")
 
 
-@dataclass(frozen=True, slots=True)
-class RequestLine:
+class RequestLine(NamedTuple):  # a tuple: made once per connection, so cheap to make
     method: str
     target: str
     version: str  # "HTTP/1.0" or "HTTP/1.1"
