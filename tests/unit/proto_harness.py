@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 
 from tsproxy.proto import (
     ConnectRequest,
+    Failure,
     HttpConnectHandshake,
     PacRequest,
     ProtocolError,
     Socks5Handshake,
 )
-from tsproxy.proto.http_connect import MAX_HEAD
+from tsproxy.proto.http_head import MAX_HEAD
 from tsproxy.proto.socks5 import MAX_BUFFER
 
 Handshake = Socks5Handshake | HttpConnectHandshake
@@ -35,6 +36,7 @@ class Outcome:
     leftover: bytes = b""
     error: str | None = None  # ProtocolError.reason
     pac: PacRequest | None = None  # HTTP only: GET /proxy.pac
+    kind: Failure | None = None  # ProtocolError.kind
 
     @property
     def pending(self) -> bool:
@@ -56,8 +58,9 @@ def run(make: Make, chunks: Iterable[bytes], eof: bool = False) -> Outcome:
     except ProtocolError as error:
         assert hs.buffered == 0
         assert hs.request is None
-        return Outcome(bytes(sent) + error.reply, error=error.reason)
+        return Outcome(bytes(sent) + error.reply, error=error.reason, kind=error.kind)
     pac = hs.pac if isinstance(hs, HttpConnectHandshake) else None
+    assert hs.event == (pac or hs.request)
     return Outcome(bytes(sent), hs.request, hs.leftover, pac=pac)
 
 

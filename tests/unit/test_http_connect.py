@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+from http import HTTPStatus
 
 import pytest
 from proto_harness import Make, Outcome, closed_at_every_prefix, refused, run, tr
 
-from tsproxy.proto import ConnectRequest, HttpConnectHandshake, ProtocolError, Reply
-from tsproxy.proto.http_connect import MAX_HEAD
+from tsproxy.proto import ConnectRequest, Failure, HttpConnectHandshake, ProtocolError, Reply
+from tsproxy.proto.http_head import MAX_HEAD
 
 pytestmark = pytest.mark.unit
 
@@ -246,6 +247,34 @@ def test_reply(code: Reply, expected: bytes) -> None:
     hs.receive_data(head())
     assert hs.reply(code) == expected
     assert hs.reply(code, ("100.64.0.1", 40000)) == expected
+
+
+@pytest.mark.parametrize(("make", "data", "kind"), [
+    (with_auth, head(), Failure.LOGIN),
+    (with_auth, head(basic("alice:wrong")), Failure.LOGIN),
+    (with_auth, head("Proxy-Authorization: Bearer x"), Failure.LOGIN),
+    (with_auth, head(basic("alice:secret"), basic("alice:secret")), Failure.BAD_HANDSHAKE),
+    (no_auth, b"GET / HTTP/1.1\r\n\r\n", Failure.BAD_HANDSHAKE),
+    (no_auth, head(version="HTTP/2.0"), Failure.BAD_HANDSHAKE),
+])
+def test_failure_kind(make: Make, data: bytes, kind: Failure) -> None:
+    """What failed is told by a type, never by the reply's bytes, however the bytes come."""
+    outcome = run(make, [data])
+    assert outcome.kind is kind
+    tr(make, data, outcome)
+
+
+@pytest.mark.parametrize(("code", "status", "expected", "answer"), [
+    (Reply.NOT_ALLOWED, None, b"HTTP/1.1 403 Forbidden\r\n" + TAIL, "HTTP 403"),
+    (Reply.TTL_EXPIRED, None, b"HTTP/1.1 504 Gateway Timeout\r\n" + TAIL, "HTTP 504"),
+    # A status more precise than the REP code wins: the caps' 503.
+    (Reply.GENERAL_FAILURE, HTTPStatus.SERVICE_UNAVAILABLE,
+     b"HTTP/1.1 503 Service Unavailable\r\n" + TAIL, "HTTP 503"),
+])
+def test_refusal(code: Reply, status: HTTPStatus | None, expected: bytes, answer: str) -> None:
+    hs = HttpConnectHandshake()
+    hs.receive_data(head())
+    assert hs.refusal(code, status) == (expected, answer)
 
 
 def test_run_reports_pending() -> None:

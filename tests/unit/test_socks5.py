@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import pytest
 from proto_harness import Make, Outcome, closed_at_every_prefix, refused, run, tr
 
-from tsproxy.proto import ConnectRequest, ProtocolError, Reply, Socks5Handshake, is_host, sniff
+from tsproxy.proto import (
+    ConnectRequest,
+    Failure,
+    ProtocolError,
+    Reply,
+    Socks5Handshake,
+    is_host,
+    sniff,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -228,6 +238,31 @@ def test_reply(code: Reply, bound: tuple[str, int] | None, expected: str) -> Non
 def test_every_refusal_uses_the_rfc_layout() -> None:
     for code in Reply:
         assert Socks5Handshake().reply(code) == REFUSED[code]
+
+
+@pytest.mark.parametrize(("make", "data", "kind"), [
+    (with_auth, USER_PASS + b"\x01\x05alice\x05wrong", Failure.LOGIN),
+    (with_auth, USER_PASS + b"\x01\x00\x06secret", Failure.LOGIN),
+    (with_auth, USER_PASS + b"\x02\x05alice\x06secret", Failure.LOGIN),
+    (with_auth, USER_PASS + b"\x01\x02\xff\xfe\x00", Failure.LOGIN),
+    (with_auth, NO_AUTH, Failure.BAD_HANDSHAKE),  # 05 FF: no login was tried
+    (no_auth, b"\x04", Failure.BAD_HANDSHAKE),
+    (no_auth, NO_AUTH + domain(b"bad host"), Failure.BAD_HANDSHAKE),
+])
+def test_failure_kind(make: Make, data: bytes, kind: Failure) -> None:
+    """What failed is told by a type, never by the reply's bytes, however the bytes come."""
+    outcome = run(make, [data])
+    assert outcome.kind is kind
+    tr(make, data, outcome)
+
+
+def test_refusal_is_the_reply_and_its_rep() -> None:
+    hs = Socks5Handshake()
+    hs.receive_data(NO_AUTH + LOCALHOST_80)
+    # SOCKS5 has no HTTP status: the REP code is the whole answer.
+    assert hs.refusal(Reply.NOT_ALLOWED, HTTPStatus.SERVICE_UNAVAILABLE) == (
+        REFUSED[Reply.NOT_ALLOWED], "REP 2")
+    assert hs.refusal(Reply.HOST_UNREACHABLE) == (REFUSED[Reply.HOST_UNREACHABLE], "REP 4")
 
 
 @pytest.mark.parametrize(("first", "protocol"), [

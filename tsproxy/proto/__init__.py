@@ -1,25 +1,41 @@
-"""Sans-I/O proxy handshakes: bytes in, reply bytes and one ConnectRequest out.
+"""Sans-I/O proxy handshakes: bytes in, reply bytes and one typed event out.
 
 Nothing here touches a socket, a clock or a logger, so every parser can be fed byte by byte and
 fuzzed. Both handshakes have the h11 shape::
 
     hs = Socks5Handshake(authenticate)         # or HttpConnectHandshake(authenticate)
     send(hs.receive_data(data))                # b"" means EOF; may raise ProtocolError
-    if hs.request: dial, send(hs.reply(Reply.SUCCEEDED, bound)), forward hs.leftover
-    if hs.pac: (HTTP only) send(pac_reply(hs.pac, text)) and close
+    match hs.event:                            # None until the request is complete
+        case ConnectRequest(): dial, send(hs.reply(Reply.SUCCEEDED, bound)), forward hs.leftover
+                               or, refused, send(hs.refusal(code, status)[0])
+        case PacRequest(): (HTTP only) send(pac_reply(event, text)) and close
 
-ProtocolError.reply holds the exact bytes to send before closing (b"" means just close).
+ProtocolError.reply holds the exact bytes to send before closing (b"" means just close) and
+ProtocolError.kind what failed. The caller decides on these typed values; it never reads the
+bytes it is given to send.
 """
 
 from __future__ import annotations
 
-from .base import Authenticate, ConnectRequest, ProtocolError, Reply, is_host
-from .http_connect import HttpConnectHandshake, PacRequest, pac_reply
+from .base import (
+    Authenticate,
+    ConnectRequest,
+    Event,
+    Failure,
+    PacRequest,
+    ProtocolError,
+    Reply,
+    is_host,
+)
+from .http_connect import HttpConnectHandshake
+from .http_response import pac_reply
 from .socks5 import Socks5Handshake
 
 __all__ = [
     "Authenticate",
     "ConnectRequest",
+    "Event",
+    "Failure",
     "HttpConnectHandshake",
     "PacRequest",
     "ProtocolError",

@@ -1,10 +1,11 @@
-"""What both handshakes share: reply codes, the error, the request, small helpers."""
+"""What both handshakes share: reply codes, the error, the events, small helpers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
+from http import HTTPStatus
 
 # Re-exported for the parsers next door, which import their helpers from here.
 from tsproxy_generator.addresses import ip_literal as ip_literal
@@ -28,18 +29,28 @@ class Reply(IntEnum):
     ADDRESS_TYPE_NOT_SUPPORTED = 8
 
 
+class Failure(Enum):
+    """Why a handshake failed, as the log and the counters name it."""
+
+    BAD_HANDSHAKE = "bad handshake"
+    LOGIN = "login"  # the credentials were missing, malformed or wrong
+
+
 class ProtocolError(Exception):
-    """The handshake failed: send ``reply`` (possibly b"") and close; ``reason`` is for the log.
+    """The handshake failed: send ``reply`` (possibly b"") and close; ``reason`` is for the log
+    and ``kind`` says what failed, so the caller never reads the reply to learn it.
 
     ``reply`` also carries whatever the same receive_data() call produced before the failure
     (e.g. the method selection before a failed RFC 1929 login), so a client that pipelines
     still reads every answer in order.
     """
 
-    def __init__(self, reason: str, reply: bytes = b"") -> None:
+    def __init__(self, reason: str, reply: bytes = b"",
+                 kind: Failure = Failure.BAD_HANDSHAKE) -> None:
         super().__init__(reason)
         self.reason = reason
         self.reply = reply
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -50,13 +61,25 @@ class ConnectRequest:
     user: str | None  # the authenticated user, if authentication is on
 
 
+@dataclass(frozen=True)
+class PacRequest:
+    """`GET /proxy.pac` (or HEAD), HTTP only: the server answers with pac_reply() and closes."""
+
+    method: str  # "GET" or "HEAD"
+
+
+# What a complete handshake asks for: a tunnel (CONNECT, or HTTP forwarding, whose rewritten
+# head is the tunnel's first payload) or the PAC file.
+Event = ConnectRequest | PacRequest
+
+
 class Handshake:
     """What the SOCKS5 and HTTP CONNECT handshakes hold alike; each adds its own states."""
 
     def __init__(self, authenticate: Authenticate | None) -> None:
         self._authenticate = authenticate
         self._buffer = bytearray()
-        self._request: ConnectRequest | None = None
+        self._event: Event | None = None
         self._leftover = b""
         self._failed = False
 
@@ -81,7 +104,7 @@ class Handshake:
 
     def _complete(self) -> bool:
         """The handshake has parsed all it will: later bytes are payload."""
-        raise NotImplementedError
+        return self._event is not None
 
     def _receive(self) -> bytes:
         """Parse what `_buffer` holds: the bytes to send now, or ProtocolError."""
@@ -91,10 +114,26 @@ class Handshake:
         self._failed = True
         self._buffer.clear()
 
+    def reply(self, code: Reply, bound: tuple[str, int] | None = None) -> bytes:
+        """The bytes answering the request with `code`; `bound` is the outgoing socket's
+        local address, for a success."""
+        raise NotImplementedError
+
+    def refusal(self, code: Reply, status: HTTPStatus | None = None) -> tuple[bytes, str]:
+        """The bytes refusing the request, and how the log names that answer. `status` is an
+        HTTP status more precise than `code`'s (SOCKS5 has none)."""
+        raise NotImplementedError
+
+    @property
+    def event(self) -> Event | None:
+        """What the client asks for, once its request is complete (and the login, if one is
+        required, passed)."""
+        return self._event
+
     @property
     def request(self) -> ConnectRequest | None:
-        """The CONNECT request, once complete (and the login, if one is required, passed)."""
-        return self._request
+        """The event if it asks for a tunnel."""
+        return self._event if isinstance(self._event, ConnectRequest) else None
 
     @property
     def leftover(self) -> bytes:

@@ -18,11 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from .base import shown
+from .http_head import DIGITS, TCHAR
 
 FRAMING = ("content-length", "transfer-encoding", "connection")
-# RFC 9110 5.6.2 token characters (methods, field names, coding names).
-TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-DIGITS = frozenset("0123456789")
 
 HOP_BY_HOP = frozenset({"connection", "proxy-connection", "keep-alive", "proxy-authorization",
                         "host"})

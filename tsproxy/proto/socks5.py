@@ -29,8 +29,18 @@ from __future__ import annotations
 import enum
 import ipaddress
 from enum import IntEnum
+from http import HTTPStatus
 
-from .base import Authenticate, ConnectRequest, Handshake, ProtocolError, Reply, is_host, shown
+from .base import (
+    Authenticate,
+    ConnectRequest,
+    Failure,
+    Handshake,
+    ProtocolError,
+    Reply,
+    is_host,
+    shown,
+)
 
 VERSION = 5
 AUTH_VERSION = 1  # RFC 1929 sub-negotiation version
@@ -65,7 +75,6 @@ class _State(enum.Enum):
     GREETING = enum.auto()
     AUTH = enum.auto()
     REQUEST = enum.auto()
-    DONE = enum.auto()
 
 
 def _name(enum_type: type[IntEnum], value: int) -> str:
@@ -73,6 +82,10 @@ def _name(enum_type: type[IntEnum], value: int) -> str:
         return enum_type(value).name
     except ValueError:
         return str(value)
+
+
+def _login_failed(reason: str) -> ProtocolError:
+    return ProtocolError(reason, AUTH_FAILED, Failure.LOGIN)
 
 
 class Socks5Handshake(Handshake):
@@ -83,21 +96,18 @@ class Socks5Handshake(Handshake):
         self._state = _State.GREETING
         self._user: str | None = None
 
-    def _complete(self) -> bool:
-        return self._state is _State.DONE
-
     def _receive(self) -> bytes:
         out = bytearray()
         try:
-            while self._request is None:
+            while self._event is None:
                 answer = self._step()
                 if answer is None:
                     break
                 out += answer
         except ProtocolError as error:
             # What this call answered before the failure goes out with the failure's reply.
-            raise ProtocolError(error.reason, bytes(out) + error.reply) from None
-        if self._request is not None:
+            raise ProtocolError(error.reason, bytes(out) + error.reply, error.kind) from None
+        if self._event is not None:
             self._leftover = bytes(self._buffer)
             self._buffer.clear()
         return bytes(out)
@@ -112,6 +122,9 @@ class Socks5Handshake(Handshake):
         address = ipaddress.ip_address(host.partition("%")[0])
         kind = AddressType.IPV4 if address.version == 4 else AddressType.IPV6
         return bytes((VERSION, code, 0, kind)) + address.packed + port.to_bytes(2, "big")
+
+    def refusal(self, code: Reply, status: HTTPStatus | None = None) -> tuple[bytes, str]:
+        return self.reply(code), f"REP {code}"
 
     def _step(self) -> bytes | None:
         """Parse one message if it is complete: its answer, or None to wait for more."""
@@ -145,7 +158,7 @@ class Socks5Handshake(Handshake):
         if len(buf) < 1:
             return None
         if buf[0] != AUTH_VERSION:
-            raise ProtocolError(f"RFC 1929 login with version byte {buf[0]}", AUTH_FAILED)
+            raise _login_failed(f"RFC 1929 login with version byte {buf[0]}")
         if len(buf) < 2:
             return None
         ulen = buf[1]
@@ -158,15 +171,14 @@ class Socks5Handshake(Handshake):
         raw_user, raw_password = bytes(buf[2:2 + ulen]), bytes(buf[3 + ulen:end])
         del buf[:end]
         if ulen == 0:
-            raise ProtocolError("RFC 1929 login with an empty user name", AUTH_FAILED)
+            raise _login_failed("RFC 1929 login with an empty user name")
         try:
             user, password = raw_user.decode(), raw_password.decode()
         except UnicodeDecodeError:
-            raise ProtocolError(f"RFC 1929 login not in UTF-8 (user {shown(raw_user)})",
-                                AUTH_FAILED) from None
+            raise _login_failed(f"RFC 1929 login not in UTF-8 (user {shown(raw_user)})") from None
         assert self._authenticate is not None  # only reached when authentication is on
         if not self._authenticate(user, password):
-            raise ProtocolError(f"authentication failed for user {shown(user)}", AUTH_FAILED)
+            raise _login_failed(f"authentication failed for user {shown(user)}")
         self._user = user
         self._state = _State.REQUEST
         return AUTH_OK
@@ -208,8 +220,7 @@ class Socks5Handshake(Handshake):
             host = self._domain(raw)
         if port == 0:
             raise ProtocolError(f"port 0 (host {shown(host)})", self.reply(Reply.NOT_ALLOWED))
-        self._request = ConnectRequest(host, port, "socks5", self._user)
-        self._state = _State.DONE
+        self._event = ConnectRequest(host, port, "socks5", self._user)
         return b""
 
     def _refuse_command(self, command: int) -> None:

@@ -43,7 +43,8 @@ from ..proto import (
     pac_reply,
     sniff,
 )
-from ..proto.http_connect import PAC_PATH, response
+from ..proto.http_connect import PAC_PATH
+from ..proto.http_response import response
 from . import limits
 from .access import ClientNetworks, Identities, Users
 from .egress import DialError, Policy
@@ -211,10 +212,10 @@ class Server:
         hs = await self._handshake(sock, record, authenticate)
         if hs is None:
             return
-        if isinstance(hs, HttpConnectHandshake) and hs.pac is not None:
-            await self._serve_pac(sock, hs, hs.pac, record, denied)
+        request = hs.event
+        if isinstance(request, PacRequest):
+            await self._serve_pac(sock, hs, request, record, denied)
             return
-        request = hs.request
         assert request is not None
         record.user = request.user
         record.target = endpoint(request.host, request.port)
@@ -274,8 +275,7 @@ class Server:
                 while True:
                     if out := hs.receive_data(data):
                         await self._send(sock, out)
-                    if hs.request is not None or (
-                            isinstance(hs, HttpConnectHandshake) and hs.pac is not None):
+                    if hs.event is not None:
                         return hs
                     data = await loop.sock_recv(sock, RECV_SIZE)
         except TimeoutError:
@@ -283,16 +283,14 @@ class Server:
                                                      f"within {self.handshake_timeout:g} s")
         except ProtocolError as error:
             _send_now(sock, error.reply)
-            login = error.reply.endswith(b"\x01\x01") if record.protocol == "socks5" else \
-                error.reply.startswith(b"HTTP/1.1 407")
-            kind = "login" if login else "bad handshake"
+            kind = error.kind.value
             record.end(f"refused: {kind}", f"{kind}: {error.reason}")
         except OSError as error:
             record.end("refused: bad handshake",
                        f"bad handshake: {error.strerror} mid-handshake")
         return None
 
-    async def _serve_pac(self, sock: socket.socket, hs: HttpConnectHandshake, pac: PacRequest,
+    async def _serve_pac(self, sock: socket.socket, hs: Handshake, pac: PacRequest,
                          record: Record, denied: Refusal | None) -> None:
         what = f"{pac.method} {PAC_PATH}"
         if denied is not None:
@@ -334,10 +332,9 @@ class Server:
     async def _refuse(self, sock: socket.socket, hs: Handshake, record: Record, code: Reply,
                       kind: str, reason: str, status: HTTPStatus | None = None) -> None:
         """The final reply saying why not, then close (the caller does)."""
-        reply = response(status) if status and record.protocol == "http" else hs.reply(code)
+        reply, answer = hs.refusal(code, status)
         with contextlib.suppress(OSError):  # the client is gone; the log still says why
             await self._send(sock, reply)
-        answer = f"HTTP {reply[9:12].decode()}" if record.protocol == "http" else f"REP {code}"
         record.end(f"refused: {kind}", f"refused ({answer}): {reason}")
 
     async def _relay(self, sock: socket.socket, upstream: socket.socket, hs: Handshake,
