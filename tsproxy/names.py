@@ -36,8 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-# Address is re-exported: the DNS responder takes the resolver's types from here.
-from tsproxy_generator.addresses import Address as Address
+from tsproxy_generator.addresses import Address
 from tsproxy_generator.addresses import ip_literal as unscoped_ip_literal
 
 from .localapi import LocalAPI, LocalAPIError

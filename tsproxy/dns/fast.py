@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import struct
 
-from ..names import Address, NameNotFound, ResolveError
+from tsproxy_generator.addresses import Address
+
+from ..names import NameNotFound, ResolveError
 from .protocol import (
     CLASS_IN,
     FLAG_AA,

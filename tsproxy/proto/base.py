@@ -8,7 +8,7 @@ from enum import Enum, IntEnum
 from http import HTTPStatus
 
 # Re-exported for the parsers next door, which import their helpers from here.
-from tsproxy_generator.addresses import ip_literal as ip_literal
+from tsproxy_generator.addresses import ip_literal
 
 # authenticate(user, password) -> bool. The callback compares in constant time; the parsers
 # call it exactly once per attempt, whatever the user name, so they add no timing of their own.

@@ -38,6 +38,8 @@ import base64
 import binascii
 from http import HTTPStatus
 
+from tsproxy_generator.addresses import ip_literal
+
 from . import http_forward
 from .base import (
     Authenticate,
@@ -46,7 +48,6 @@ from .base import (
     Handshake,
     PacRequest,
     Reply,
-    ip_literal,
     is_host,
     shown,
 )
