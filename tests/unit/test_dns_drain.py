@@ -128,3 +128,30 @@ def test_tcp_answers_the_query_in_flight_closes_idle_clients_and_leaves_new_ones
         idle.close()
 
     asyncio.run(main())
+
+
+def test_tcp_a_client_that_just_connected_gets_its_first_query_answered() -> None:
+    # dig connects, then sends: a drain in between must not close it on an empty read
+    # (dig says "communications error: end of file" and gives up).
+    async def main() -> None:
+        udp, tcp = sockets()
+        address = tcp.getsockname()
+        responder = SlowResponder()
+        responder.release.set()
+        server = DnsServer([udp, tcp], responder, log=lambda line: None)  # type: ignore[arg-type]
+        serving = asyncio.ensure_future(server.serve())
+        reader, writer = await asyncio.open_connection(*address)
+        await until(lambda: bool(server._tcp_fresh))
+        draining = asyncio.ensure_future(server.drain(5.0))
+        await asyncio.sleep(0.3)
+        writer.write(b"\x00\x02q1")
+        assert await asyncio.wait_for(reader.readexactly(7), 2) == b"\x00\x05re:q1"
+        assert await asyncio.wait_for(reader.read(), 2) == b""  # then closed
+        await asyncio.wait_for(draining, 2)
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        writer.close()
+        for sock in (udp, tcp):
+            sock.close()
+
+    asyncio.run(main())

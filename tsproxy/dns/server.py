@@ -35,6 +35,7 @@ MAX_PENDING = 4096
 MAX_TCP = 1024
 TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message (or the rest of one)
 FD_RESERVE = 64  # descriptors kept for everything but TCP clients: sockets, LocalAPI calls
+FIRST_QUERY_WAIT = 1.0  # seconds a draining responder waits for a new client's first query
 ACCEPT_BATCH = 64
 ACCEPT_PAUSE = 0.1  # seconds without accepting when the process is out of descriptors
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -51,6 +52,7 @@ class DnsServer:
         self._pending: set[asyncio.Task[None]] = set()
         self._tcp_clients: set[asyncio.Task[None]] = set()
         self._tcp_waiting: set[asyncio.Task[object]] = set()  # those between two queries
+        self._tcp_fresh: set[asyncio.Task[object]] = set()  # those before their first query
         self._draining = False
         self.max_tcp = tcp_cap()
         self.dropped = 0
@@ -85,6 +87,9 @@ class DnsServer:
         self._stop_reading()
         for task in self._tcp_waiting:
             task.cancel()
+        # A client that has just connected is sending its first query: it gets a moment to
+        # arrive (dig reports a closed fresh connection as a failure, not as a retry).
+        asyncio.get_running_loop().call_later(FIRST_QUERY_WAIT, _cancel_all, self._tcp_fresh)
         busy = self._pending | self._tcp_clients
         if busy:
             await asyncio.wait(busy, timeout=grace)
@@ -144,11 +149,12 @@ class DnsServer:
         writer = None
         try:
             reader, writer = await asyncio.open_connection(sock=sock)
-            while not self._draining:
+            waiting = self._tcp_fresh
+            while True:
                 async with asyncio.timeout(TCP_IDLE):
-                    self._tcp_waiting.add(task)
+                    waiting.add(task)
                     length = int.from_bytes(await reader.readexactly(2), "big")
-                    self._tcp_waiting.discard(task)
+                    waiting.discard(task)
                     query = await reader.readexactly(length)
                 responder = self.responder
                 reply = responder.answer_now(query) or await responder.answer(query, udp=False)
@@ -157,14 +163,23 @@ class DnsServer:
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 async with asyncio.timeout(TCP_IDLE):
                     await writer.drain()
+                if self._draining:
+                    break
+                waiting = self._tcp_waiting
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             pass  # the client went away, lied about a length, or stalled: just close
         finally:
+            self._tcp_fresh.discard(task)
             self._tcp_waiting.discard(task)
             if writer is not None:
                 writer.transport.abort()
             else:
                 sock.close()
+
+
+def _cancel_all(tasks: set[asyncio.Task[object]]) -> None:
+    for task in list(tasks):
+        task.cancel()
 
 
 def tcp_cap() -> int:
