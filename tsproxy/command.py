@@ -1,5 +1,6 @@
-"""Running ip and nft for netns.py and forwarding.py: a failure is one TsproxyError line
-naming the command (for a batch, its failing line) and the tool's first complaint."""
+"""Running ip, nft and systemctl for netns.py, forwarding.py and migrate.py: a failure is one
+TsproxyError line naming the command (for a batch, its failing line) and the tool's first
+complaint."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ COMMAND_TIMEOUT = 10
 PACKAGES = {"ip": "iproute2", "nft": "nftables"}
 
 
-def run(argv: list[str], stdin: str | None = None) -> str:
+def run(argv: list[str], stdin: str | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
     try:
         done = subprocess.run(argv, input=stdin, capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT)
+                              timeout=timeout)
     except FileNotFoundError:
         raise TsproxyError(f"{argv[0]} not found: install the {PACKAGES.get(argv[0], argv[0])} "
                            "package") from None
     except subprocess.TimeoutExpired:
-        raise TsproxyError(f"{' '.join(argv)} did not finish in {COMMAND_TIMEOUT} s") from None
+        raise TsproxyError(f"{' '.join(argv)} did not finish in {timeout:g} s") from None
     if done.returncode != 0:
         raise TsproxyError(failure(argv, stdin, done.stderr))
     return done.stdout

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from tsproxy_generator import vocabulary
 from tsproxy_generator.model import Listen, TailnetConf
 
-from . import holders, oldsetup, systemd
+from . import command, holders, oldsetup, systemd
 from .errors import TsproxyError
 from .holders import Held, Holder
 from .instances import state_dir
@@ -234,10 +233,8 @@ def stop(plan: Plan) -> None:
 
 def run(argv: list[str]) -> None:
     print(f"running: {' '.join(argv)}", flush=True)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
-    if done.returncode != 0:
-        lines = done.stderr.strip().splitlines()
-        raise TsproxyError(f"{argv[0]} {argv[1]} failed: {lines[-1] if lines else done.returncode}")
+    # Stopping the old tailscaled may take a while: more than ip's and nft's usual 10 s.
+    command.run(argv, timeout=COMMAND_TIMEOUT)
 
 
 def copy_state(source: str, name: str) -> str | None:
