@@ -25,10 +25,11 @@ from tsproxy_generator.vocabulary import (
     TAILSCALED,
     WATCH,
     netns_etc,
+    nft_table,
     unit,
 )
 
-from . import forwarding, holders, nft
+from . import forwarding, holders
 from .netns import HOST_RESOLV_CONF, NS_IFNAME, tailscaled_path
 from .status import Status
 
@@ -84,7 +85,7 @@ def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
     check("netns present", None if status.netns else f"network namespace {ns} is missing")
     check("veth, addresses and route", network_problem(conf))
     check("nft table whole", None if status.nft_table else
-          f"nft table inet {nft.table_name(name)} is missing or flushed")
+          f"nft table inet {nft_table(name)} is missing or flushed")
     if status.forwarding_guard is not None:
         check("forwarding guard whole", None if status.forwarding_guard else
               f"nft table {forwarding.GUARD_TABLE} is missing or flushed: the host forwards "

@@ -86,10 +86,6 @@ class Firewall:
     closed_chains: tuple[str, ...]
 
 
-def table_name(name: str) -> str:
-    return nft_table(name)
-
-
 def tag(name: str) -> str:
     """The comment on tsproxy's rules in other tables: `down` removes exactly these."""
     return nft_table(name)
@@ -108,7 +104,7 @@ def parse_chains(listing: str, name: str) -> Firewall:
         f'{_table(c)} {c["name"]}' for c in chains
         if c.get("hook") == "forward" and c.get("policy") == "drop"
         and c["family"] in ("ip", "inet") and not (docker_user and _table(c) == DOCKER_TABLE))
-    table_exists = any(_table(c) == f"inet {table_name(name)}" for c in chains)
+    table_exists = any(_table(c) == f"inet {nft_table(name)}" for c in chains)
     return Firewall(table_exists=table_exists, docker_user=docker_user, closed_chains=closed)
 
 
@@ -122,7 +118,7 @@ def up_rules(name: str, subnet: ipaddress.IPv4Network,
              docker_handles: tuple[int, ...] | None) -> str:
     """The transaction for `up`; docker_handles is None when there is no DOCKER-USER chain."""
     veth = netns_name(name)  # the host end of the veth has the namespace's name
-    text = RULES.format(name=name, table=table_name(name), veth=veth, subnet=subnet,
+    text = RULES.format(name=name, table=nft_table(name), veth=veth, subnet=subnet,
                        every_veth=netns_name("*"))
     if docker_handles is not None:
         text += "\n" + DOCKER_RULES.format(docker=DOCKER_TABLE, user=DOCKER_USER, veth=veth,
@@ -132,7 +128,7 @@ def up_rules(name: str, subnet: ipaddress.IPv4Network,
 
 
 def down_rules(name: str, docker_handles: tuple[int, ...]) -> str:
-    table = table_name(name)
+    table = nft_table(name)
     return f"table inet {table}\ndelete table inet {table}\n" + _delete_docker_rules(docker_handles)
 
 

@@ -24,10 +24,11 @@ from tsproxy_generator.vocabulary import (
     TAILSCALED,
     WATCH,
     netns_name,
+    nft_table,
     unit,
 )
 
-from . import forwarding, holders, nft, systemd, watch
+from . import forwarding, holders, systemd, watch
 from .instances import tailscaled_socket
 from .localapi import LocalAPI, LocalAPIError
 from .netns import tailscaled_path
@@ -209,7 +210,7 @@ def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str |
     ns = netns_name(name)
     gone = [what for what, there in ((f"network namespace {ns}", status.netns),
                                      (f"veth {ns}", status.veth),
-                                     (f"nft table inet {nft.table_name(name)}", status.nft_table),
+                                     (f"nft table inet {nft_table(name)}", status.nft_table),
                                      (f"nft table {forwarding.GUARD_TABLE}",
                                       status.forwarding_guard))
             if there is False]

@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tsproxy_generator.vocabulary import INSTANCE, netns_name, unit
+from tsproxy_generator.vocabulary import INSTANCE, netns_name, nft_table, unit
 
-from . import forwarding, nft
+from . import forwarding
 from .netns import netns_path
 
 INTERVAL = 2.0  # detection within 2 s, the rebuild in about 1 s more: well inside 10 s
@@ -60,7 +60,7 @@ def look(name: str, with_table: bool = True) -> Shape:
     if not with_table:
         return Shape(netns, veth, None)
     due = forwarding.guarded()
-    return Shape(netns, veth, table_shape(list_table(f"inet {nft.table_name(name)}")),
+    return Shape(netns, veth, table_shape(list_table(f"inet {nft_table(name)}")),
                  due, table_shape(list_table(forwarding.GUARD_TABLE)) if due else None)
 
 
@@ -100,7 +100,7 @@ def whole(shape: tuple[tuple[str, int], ...] | None) -> bool:
 
 def problems(name: str, made: Shape, now: Shape) -> list[str]:
     """What differs from the shape `up` left (empty: all is well)."""
-    ns, table = netns_name(name), f"inet {nft.table_name(name)}"
+    ns, table = netns_name(name), f"inet {nft_table(name)}"
     found = []
     if now.netns is None:
         found.append(f"network namespace {ns} is gone")
@@ -145,7 +145,7 @@ def run(name: str, interval: float = INTERVAL,
     # A piece already missing went between `up` and this start: repair it at once.
     found = problems(name, made, made)
     log(f"{name}: watching namespace {netns_name(name)} and nft table "
-        f"inet {nft.table_name(name)} every {interval:g} s")
+        f"inet {nft_table(name)} every {interval:g} s")
     while True:
         if found:
             log(f"{name}: {'; '.join(found)}: restarting {unit(INSTANCE, name, '')}")
