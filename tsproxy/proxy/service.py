@@ -41,16 +41,16 @@ from .stats import Stats, StatsFile, log_line
 FDS_PER_CONNECTION = 2
 FDS_PER_BUSY_CONNECTION = 6
 FD_HEADROOM = 256
+# Seconds a stopping proxy (SIGTERM: a restart on upgrade, say) lets the connections in flight
+# end by themselves before cutting them: a request finishes, a long download or an ssh session
+# through the proxy is cut. TimeoutStopSec= in tsproxy-socks@.service leaves room for it.
+DRAIN_GRACE = 5.0
 
 
 def fds_needed(max_connections: int, busy: bool = False) -> int:
     """Descriptors for max_connections open tunnels (busy: all moving bytes both ways)."""
     per = FDS_PER_BUSY_CONNECTION if busy else FDS_PER_CONNECTION
     return max_connections * per + FD_HEADROOM
-# Seconds a stopping proxy (SIGTERM: a restart on upgrade, say) lets the connections in flight
-# end by themselves before cutting them: a request finishes, a long download or an ssh session
-# through the proxy is cut. TimeoutStopSec= in tsproxy-socks@.service leaves room for it.
-DRAIN_GRACE = 5.0
 
 
 @dataclass(frozen=True)
