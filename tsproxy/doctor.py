@@ -1,8 +1,6 @@
-"""`tsproxy doctor`'s checks: every piece an instance needs, each failure with the one
-command that fixes it, and whether that command is safe to run unasked (`--fix`).
-
-Safe means it restarts or reloads units and rebuilds what `up` makes; it never deletes
-state (tailscaled's node key, the confs) and never logs anyone in or out.
+"""What only `tsproxy doctor` asks of an instance, beyond what status gathers: its veth's
+addresses and route, its resolv.conf, whether anything listens on the proxy's address, and
+whether its DNS responder answers. The judgement itself is health.py's, as status's is.
 """
 
 from __future__ import annotations
@@ -12,49 +10,42 @@ import json
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import dnslib  # type: ignore[import-untyped]
 
 from tsproxy_generator.model import TailnetConf
-from tsproxy_generator.vocabulary import (
-    DNS_SERVICE,
-    DNS_SOCKET,
-    INSTANCE,
-    PROXY,
-    TAILSCALED,
-    WATCH,
-    netns_etc,
-    nft_table,
-    unit,
-)
+from tsproxy_generator.vocabulary import netns_etc
 
-from . import forwarding, holders
-from .netns import HOST_RESOLV_CONF, NS_IFNAME, tailscaled_path
-from .status import Status
+from . import health, holders
+from .health import Finding
+from .netns import NS_IFNAME
 
 DNS_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 10
 
 
-@dataclass(frozen=True)
-class Finding:
-    name: str  # instance, or "host"
-    check: str  # what was checked, in a few words
-    problem: str | None  # None: fine
-    fix: str | None = None  # the one command that fixes it
-    safe: bool = False  # --fix may run it
+class Deep:
+    """health.Probes, asked of the system as it is now."""
 
-    @property
-    def ok(self) -> bool:
-        return self.problem is None
+    def addresses(self, conf: TailnetConf) -> str | None:
+        return network_problem(conf)
+
+    def resolv_conf(self, conf: TailnetConf) -> str | None:
+        path = os.path.join(netns_etc(conf.name), "resolv.conf")
+        return None if os.path.exists(path) else f"{path} is missing"
+
+    def listening(self, conf: TailnetConf) -> str | None:
+        return None if holders.holders(conf.listen) else f"nothing listens on {conf.listen}"
+
+    def dns(self, conf: TailnetConf) -> str | None:
+        return dns_problem(conf)
 
 
 def conf_findings(name: str, error: str | None, generated: str) -> list[Finding]:
     """The conf and what the generator made of it (`tsproxy list`'s GENERATED)."""
     if error:
-        return [Finding(name, "conf valid", error, "edit the conf, then: tsproxy check")]
-    found = [Finding(name, "conf valid", None)]
+        return [health.conf_finding(name, error)]
+    found = [health.conf_finding(name, None)]
     if generated == "yes":
         found.append(Finding(name, "generator output present and current", None))
     else:
@@ -62,91 +53,6 @@ def conf_findings(name: str, error: str | None, generated: str) -> list[Finding]
         found.append(Finding(name, "generator output present and current",
                              f"generated units are {what}", "systemctl daemon-reload", True))
     return found
-
-
-def instance_findings(conf: TailnetConf, status: Status) -> list[Finding]:
-    """Everything of a running (or meant-to-run) instance, in the order it is built."""
-    name, ns = conf.name, conf.netns
-    restart = f"systemctl restart {unit(INSTANCE, name, '')}"
-    found = []
-
-    def check(what: str, problem: str | None, fix: str = restart, safe: bool = True) -> None:
-        found.append(Finding(name, what, problem, None if problem is None else fix,
-                             safe and problem is not None))
-
-    instance = status.units.get("instance")
-    if instance != "active":
-        # Nothing else is there to check. Stopped: maybe on purpose, so --fix leaves it.
-        check("instance started", f"{unit(INSTANCE, name, '')} is {instance}",
-              f"systemctl start {unit(INSTANCE, name, '')}" if instance == "inactive" else restart,
-              safe=instance != "inactive")
-        return found
-    check("instance started", None)
-    check("netns present", None if status.netns else f"network namespace {ns} is missing")
-    check("veth, addresses and route", network_problem(conf))
-    check("nft table whole", None if status.nft_table else
-          f"nft table inet {nft_table(name)} is missing or flushed")
-    if status.forwarding_guard is not None:
-        check("forwarding guard whole", None if status.forwarding_guard else
-              f"nft table {forwarding.GUARD_TABLE} is missing or flushed: the host forwards "
-              "for everyone")
-    check("namespace resolv.conf", None if os.path.exists(
-        resolv_conf := os.path.join(netns_etc(name), "resolv.conf")) else f"{resolv_conf} "
-          "is missing")
-    tailscaled = status.units.get("tailscaled")
-    check("tailscaled running", None if tailscaled == "active" else
-          f"{unit(TAILSCALED, name, '')} is {tailscaled}")
-    if tailscaled == "active":
-        state = status.backend_state
-        check("tailscaled logged in", None if state == "Running" else
-              f"tailscaled is {state or 'not answering: ' + (status.health or ['?'])[0]}",
-              f"tsproxy login {name}" if state == "NeedsLogin" else restart,
-              safe=state not in ("NeedsLogin", "Running"))
-    socket_restart = f"systemctl restart {unit(PROXY, name, '.socket')}"
-    if status.units.get("proxy_socket") != "active" and (held := holders.held(conf.listen)):
-        check("proxy socket bound", str(held), blocked_fix(held, socket_restart, name), safe=False)
-    else:
-        check("proxy socket bound", socket_problem(status, str(conf.listen)), socket_restart)
-    check("watchdog running", None if status.units.get("watch") == "active" else
-          f"{unit(WATCH, name, '')} is {status.units.get('watch')}")
-    if conf.dns_listen is not None:
-        dns_restart = f"systemctl restart {DNS_SOCKET} {DNS_SERVICE}"
-        if status.units.get("dns_socket") != "active" and \
-                (held := holders.held(conf.dns_listen, ("udp", "tcp"))):
-            check("DNS answers an IP-embedded name", str(held),
-                  blocked_fix(held, dns_restart, name), safe=False)
-        else:
-            check("DNS answers an IP-embedded name", dns_problem(conf), dns_restart)
-    return found
-
-
-def blocked_fix(held: holders.Held, restart: str, name: str) -> str:
-    """A port someone else holds: a restart can only work once that one is stopped."""
-    return f"{held.stop}, then {restart} (see tsproxy migrate {name})"
-
-
-def host_findings() -> list[Finding]:
-    installed = os.access(tailscaled_path(), os.X_OK)
-    found = [Finding("host", "tailscaled installed", None) if installed else
-             Finding("host", "tailscaled installed", f"{tailscaled_path()} not found",
-                     "apt install tailscale")]
-    return found + _resolv_conf_findings()
-
-
-def _resolv_conf_findings() -> list[Finding]:
-    """tsproxy never touches the host's resolv.conf; a copy of a namespace's in its place
-    would send the host's own lookups to the uplink's resolvers only."""
-    try:
-        with open(HOST_RESOLV_CONF, encoding="utf-8", errors="replace") as file:
-            text = file.read()
-    except OSError as error:
-        return [Finding("host", "resolv.conf untouched", f"{HOST_RESOLV_CONF}: {error.strerror}",
-                        f"restore {HOST_RESOLV_CONF}")]
-    if "# Generated by tsproxy" in text:
-        return [Finding("host", "resolv.conf untouched", f"{HOST_RESOLV_CONF} is a copy of a "
-                        "namespace's resolv.conf", f"restore {HOST_RESOLV_CONF} (the host's own "
-                        "resolver setup)")]
-    return [Finding("host", "resolv.conf untouched", None)]
 
 
 def network_problem(conf: TailnetConf,
@@ -187,19 +93,6 @@ def _has_address(links: list[dict[str, object]], wanted: ipaddress.IPv4Interface
             if f"{info.get('local')}/{info.get('prefixlen')}" == str(wanted):
                 return True
     return False
-
-
-def socket_problem(status: Status, listen: str) -> str | None:
-    state = status.units.get("proxy_socket")
-    if state != "active":
-        return f"{unit(PROXY, status.name, '.socket')} is {state}"
-    host, _, port = listen.rpartition(":")
-    done = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True,
-                          timeout=COMMAND_TIMEOUT)
-    bound = [line.split()[3] for line in done.stdout.splitlines() if len(line.split()) > 3]
-    if listen not in bound and f"{host.strip('[]')}:{port}" not in bound:
-        return f"nothing listens on {listen}"
-    return None
 
 
 def dns_problem(conf: TailnetConf) -> str | None:

@@ -1,5 +1,6 @@
 """What `tsproxy status` reports for each instance, gathered from systemd, the instance's
-tailscaled (LocalAPI status) and the proxy's counters, and judged healthy or not.
+tailscaled (LocalAPI status), the proxy's counters and a look at its network, and judged
+healthy or not by health.py.
 
 Reading needs no root: unit states, the LocalAPI's status and stats.json are open to every
 user. Every tailscaled is asked at once, each for at most TIMEOUT seconds, so a wedged one
@@ -15,23 +16,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tsproxy_generator.model import TailnetConf
-from tsproxy_generator.vocabulary import (
-    DNS_SERVICE,
-    DNS_SOCKET,
-    INSTANCE,
-    PROXY,
-    PROXY_STATS_DIR,
-    TAILSCALED,
-    WATCH,
-    netns_name,
-    nft_table,
-    unit,
-)
+from tsproxy_generator.vocabulary import DNS_SERVICE, DNS_SOCKET, PROXY_STATS_DIR
 
-from . import forwarding, holders, systemd, watch
+from . import health, holders, network, systemd
+from .health import units_of
 from .instances import tailscaled_socket
 from .localapi import LocalAPI, LocalAPIError
-from .netns import tailscaled_path
 
 TIMEOUT = 3.0
 
@@ -39,16 +29,6 @@ TIMEOUT = 3.0
 def stats_dir() -> str:
     # Tests point this at a temporary directory; installed systems never set it.
     return os.environ.get("TSPROXY_STATS_DIR", PROXY_STATS_DIR)
-
-
-def units_of(name: str) -> dict[str, str]:
-    """The instance's units by role (the DNS pair is every instance's)."""
-    return {"instance": unit(INSTANCE, name),
-            "tailscaled": unit(TAILSCALED, name),
-            "proxy_socket": unit(PROXY, name, ".socket"),
-            "proxy": unit(PROXY, name),
-            "watch": unit(WATCH, name),
-            "dns_socket": DNS_SOCKET, "dns": DNS_SERVICE}
 
 
 @dataclass
@@ -82,9 +62,17 @@ class Status:
     dns_listen_held: str | None = None
     # The host's forwarding guard (forwarding.py), when tsproxy turned forwarding on.
     forwarding_guard: bool | None = None
+    # What health.py judges, beside the above: not part of the JSON.
+    states: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> properties
+    shape: network.Shape | None = None
+    held: holders.Held | None = None
+    dns_held: holders.Held | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        shown = asdict(self)
+        for private in ("states", "shape", "held", "dns_held"):
+            del shown[private]
+        return shown
 
 
 def gather(good: list[TailnetConf], bad: dict[str, str]) -> list[Status]:
@@ -100,16 +88,20 @@ def gather(good: list[TailnetConf], bad: dict[str, str]) -> list[Status]:
     result = []
     for name in names:
         status = Status(name, conf_error=bad.get(name))
-        status.units = {role: _state(states[unit]) for role, unit in units_of(name).items()}
+        status.states = {role: states[unit] for role, unit in units_of(name).items()}
+        status.units = {role: _state(properties) for role, properties in status.states.items()}
         conf = by_name.get(name)
-        if conf is not None:
+        if conf is None:
+            findings = [health.conf_finding(name, status.conf_error)]
+        else:
             status.listen = str(conf.listen)
             status.dns_listen = str(conf.dns_listen) if conf.dns_listen else None
             _read_tailscaled(status, answers[name])
             _read_stats(status)
             _read_network(status)
             _read_holders(status, conf)
-        status.problem = judge(status, states, name)
+            findings = [health.tailscaled_installed(), *health.instance(conf, status)]
+        status.problem = health.first_problem(findings)
         status.healthy = status.problem is None
         result.append(status)
     return result
@@ -170,19 +162,23 @@ def can_read_nft() -> bool:
 
 
 def _read_network(status: Status) -> None:
-    shape = watch.look(status.name, with_table=can_read_nft())
+    shape = status.shape = network.look(status.name, with_table=can_read_nft())
     status.netns, status.veth = shape.netns is not None, shape.veth
     if can_read_nft():
-        status.nft_table = watch.whole(shape.table)
+        status.nft_table = network.whole(shape.table)
         if shape.guard_due:
-            status.forwarding_guard = watch.whole(shape.guard)
+            status.forwarding_guard = network.whole(shape.guard)
 
 
 def _read_holders(status: Status, conf: TailnetConf) -> None:
+    """Another process on a port whose socket unit is down: restarting cannot help until
+    it is stopped."""
     if status.units["proxy_socket"] != "active":
-        status.listen_held = _held(holders.held(conf.listen))
+        status.held = holders.held(conf.listen)
+        status.listen_held = _held(status.held)
     if conf.dns_listen and status.units["dns_socket"] != "active":
-        status.dns_listen_held = _held(holders.held(conf.dns_listen, ("udp", "tcp")))
+        status.dns_held = holders.held(conf.dns_listen, ("udp", "tcp"))
+        status.dns_listen_held = _held(status.dns_held)
 
 
 def _held(held: holders.Held | None) -> str | None:
@@ -191,51 +187,3 @@ def _held(held: holders.Held | None) -> str | None:
 
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def judge(status: Status, states: dict[str, dict[str, str]], name: str) -> str | None:
-    """The first problem, as one line saying what to run; None when healthy."""
-    units = units_of(name)
-    restart = f"systemctl restart {unit(INSTANCE, name, '')}"
-    if status.conf_error:
-        return status.conf_error
-    if not os.access(tailscaled_path(), os.X_OK):
-        return f"{tailscaled_path()} not found: install the tailscale package"
-    instance = states[units["instance"]]
-    if instance.get("ActiveState") != "active":
-        if instance.get("ActiveState") == "failed":
-            return (f"{units['instance']} failed ({instance.get('Result')}): see journalctl "
-                    f"-u {units['instance']}, then {restart}")
-        return f"not started: systemctl start {unit(INSTANCE, name, '')}"
-    ns = netns_name(name)
-    gone = [what for what, there in ((f"network namespace {ns}", status.netns),
-                                     (f"veth {ns}", status.veth),
-                                     (f"nft table inet {nft_table(name)}", status.nft_table),
-                                     (f"nft table {forwarding.GUARD_TABLE}",
-                                      status.forwarding_guard))
-            if there is False]
-    if gone:
-        return (f"{', '.join(gone)} missing or flushed: {restart} "
-                f"({unit(WATCH, name, '')} does it within seconds)")
-    if status.listen_held:
-        return f"{status.listen_held}, then {restart} (see tsproxy migrate {name})"
-    for role in ("tailscaled", "proxy_socket", "watch"):
-        if states[units[role]].get("ActiveState") != "active":
-            return f"{units[role]} is {status.units[role]}: {restart}"
-    if states[units["proxy"]].get("ActiveState") == "failed":
-        return f"{units['proxy']} failed: see journalctl -u {units['proxy']}, then {restart}"
-    if status.dns_listen:
-        if status.dns_listen_held:
-            return (f"{status.dns_listen_held}, then systemctl restart {DNS_SOCKET} "
-                    f"(see tsproxy migrate {name})")
-        if states[DNS_SOCKET].get("ActiveState") != "active":
-            return f"{DNS_SOCKET} is {status.units['dns_socket']}: systemctl restart {DNS_SOCKET}"
-        if states[DNS_SERVICE].get("ActiveState") == "failed":
-            return f"{DNS_SERVICE} failed: systemctl restart {DNS_SERVICE}"
-    if status.backend_state is None:
-        return status.health[0] if status.health else "tailscaled did not answer"
-    if status.backend_state == "NeedsLogin":
-        return f"logged out: tsproxy login {name}"
-    if status.backend_state != "Running":
-        return f"tailscaled is {status.backend_state}"
-    return None

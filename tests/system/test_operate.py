@@ -65,7 +65,7 @@ def test_status_list_logout(booted_debian: Container, tailscale_deb: Path) -> No
     wait_for(lambda: as_after_start(c), what=f"status after start (now: {fgpu(c)})")
     code, rows_ = status(c)
     assert code == 3 and [r["name"] for r in rows_] == ["fgpu", "lab"]
-    assert rows_[1]["problem"] == "not started: systemctl start tsproxy@lab"
+    assert rows_[1]["problem"] == "tsproxy@lab.service is inactive: systemctl start tsproxy@lab"
     assert status(c, "fgpu", user="65534")[1][0]["backend_state"] == "NeedsLogin"
     table = c.run("tsproxy status fgpu", check=False)
     assert table.returncode == 3 and "\033[" not in table.stdout  # no terminal, no colour
@@ -93,15 +93,16 @@ def test_status_list_logout(booted_debian: Container, tailscale_deb: Path) -> No
              what=f"healed by the named command (now: {fgpu(c)})")
 
     # The namespace or the nft table deleted by hand: back by itself.
-    for break_it, gone in (("ip netns del ts-fgpu", "network namespace ts-fgpu"),
-                           ("nft delete table inet tsproxy-fgpu", "nft table inet tsproxy-fgpu")):
+    for break_it, gone in (("ip netns del ts-fgpu", "network namespace ts-fgpu is gone"),
+                           ("nft delete table inet tsproxy-fgpu",
+                            "nft table inet tsproxy-fgpu is gone")):
         invocation = c.run("systemctl show -P InvocationID tsproxy@fgpu").stdout
         c.run(break_it)
         row = fgpu(c)
         # Unless the watchdog was quicker than this status (it looks every 2 s), status
         # names what is gone and the repair.
         if c.run("systemctl show -P InvocationID tsproxy@fgpu").stdout == invocation:
-            assert row["problem"] == (f"{gone} missing or flushed: systemctl restart "
+            assert row["problem"] == (f"{gone}: systemctl restart "
                                       "tsproxy@fgpu (tsproxy-watch@fgpu does it within seconds)")
         wait_for(lambda invocation=invocation: c.run(
             "systemctl show -P InvocationID tsproxy@fgpu").stdout != invocation and

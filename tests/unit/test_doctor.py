@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tsproxy import doctor
+from tsproxy import doctor, health
 from tsproxy_generator.config import load
 from tsproxy_generator.model import TailnetConf
 
@@ -68,8 +68,8 @@ def test_conf_findings() -> None:
 
 def test_host_findings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TSPROXY_TAILSCALED", "/bin/true")
-    assert doctor.host_findings()[0] == doctor.Finding("host", "tailscaled installed", None)
+    assert health.tailscaled_installed() == health.Finding("host", "tailscaled installed", None)
     monkeypatch.setenv("TSPROXY_TAILSCALED", str(tmp_path / "tailscaled"))
-    missing = doctor.host_findings()[0]
+    missing = health.tailscaled_installed()
     assert (missing.problem, missing.fix, missing.safe) == (
         f"{tmp_path}/tailscaled not found", "apt install tailscale", False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tsproxy import doctor, holders, status
+from tsproxy import doctor, health, holders, status
 from tsproxy.holders import Held, Holder
 from tsproxy_generator.config import load
 from tsproxy_generator.model import Listen, TailnetConf
@@ -126,40 +126,44 @@ def fake_held(where: Listen, protocols: tuple[str, ...] = ("tcp",)) -> Held | No
     return {11080: HELD, 53: DNS_HELD}.get(where.port)
 
 
+def active_row(conf: TailnetConf, **units: str) -> status.Status:
+    """A running instance whose units are active except `units` (role -> ActiveState)."""
+    row = status.Status("fgpu", listen=str(conf.listen), backend_state="Running")
+    row.states = {role: {"ActiveState": units.get(role, "active")}
+                  for role in health.units_of("fgpu")}
+    row.units = {role: state["ActiveState"] for role, state in row.states.items()}
+    return row
+
+
 def test_status_names_the_holder_not_a_restart(conf: TailnetConf,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tsproxy.status.holders.held", fake_held)
-    monkeypatch.setenv("TSPROXY_TAILSCALED", "/bin/true")
-    row = status.Status("fgpu", listen="100.121.76.21:11080", dns_listen="100.121.76.21:53",
-                        netns=True, veth=True, nft_table=True, backend_state="Running")
-    active = {"ActiveState": "active"}
-    states = {unit: dict(active) for unit in status.units_of("fgpu").values()}
-    states["tsproxy-socks@fgpu.socket"] = {"ActiveState": "failed"}
-    states["tsproxy-dns.socket"] = {"ActiveState": "failed"}
-    row.units = {role: states[unit]["ActiveState"]
-                 for role, unit in status.units_of("fgpu").items()}
+    conf = load_text(conf, "dns_listen = 100.121.76.21:53\n")
+    row = active_row(conf, proxy_socket="failed", dns_socket="failed")
     status._read_holders(row, conf)
-    assert status.judge(row, states, "fgpu") == (
+    assert row.listen_held == f"{HELD}: systemctl disable --now expose-socks-tsFGPU.service"
+    assert health.first_problem(health.instance(conf, row)) == (
         "100.121.76.21:11080 (tcp) is held by socat (pid 812, unit expose-socks-tsFGPU.service): "
         "systemctl disable --now expose-socks-tsFGPU.service, then systemctl restart "
-        "tsproxy@fgpu (see tsproxy migrate fgpu)")
+        "tsproxy-socks@fgpu.socket (see tsproxy migrate fgpu)")
     # The proxy socket free and up, the DNS port still held.
-    states["tsproxy-socks@fgpu.socket"] = active
-    row.units["proxy_socket"], row.listen_held = "active", None
-    assert status.judge(row, states, "fgpu") == (
+    row = active_row(conf, dns_socket="failed")
+    status._read_holders(row, conf)
+    assert row.listen_held is None
+    assert health.first_problem(health.instance(conf, row)) == (
         "100.121.76.21:53 (udp) is held by coredns (pid 813, unit coredns-fgpu.service): "
         "systemctl disable --now coredns-fgpu.service, then systemctl restart "
-        "tsproxy-dns.socket (see tsproxy migrate fgpu)")
+        "tsproxy-dns.socket tsproxy-dns.service (see tsproxy migrate fgpu)")
 
 
 def test_doctor_names_the_holder(conf: TailnetConf, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tsproxy.doctor.holders.held", fake_held)
+    monkeypatch.setattr("tsproxy.status.holders.held", fake_held)
     monkeypatch.setattr("tsproxy.doctor.network_problem", lambda conf: None)
     monkeypatch.setattr("tsproxy.doctor.dns_problem", lambda conf: "no answer")
-    row = status.Status("fgpu", netns=True, nft_table=True, backend_state="Running",
-                        units={"instance": "active", "tailscaled": "active", "watch": "active",
-                               "proxy_socket": "failed", "dns_socket": "failed"})
-    found = {f.check: f for f in doctor.instance_findings(conf, row)}
+    conf = load_text(conf, "dns_listen = 100.121.76.21:53\n")
+    row = active_row(conf, proxy_socket="failed", dns_socket="failed")
+    status._read_holders(row, conf)
+    found = {f.check: f for f in health.instance(conf, row, doctor.Deep())}
     proxy, dns = found["proxy socket bound"], found["DNS answers an IP-embedded name"]
     assert (proxy.problem, proxy.fix, proxy.safe) == (
         str(HELD), "systemctl disable --now expose-socks-tsFGPU.service, then systemctl restart "
@@ -167,6 +171,12 @@ def test_doctor_names_the_holder(conf: TailnetConf, monkeypatch: pytest.MonkeyPa
     assert (dns.problem, dns.fix, dns.safe) == (
         str(DNS_HELD), "systemctl disable --now coredns-fgpu.service, then systemctl restart "
         "tsproxy-dns.socket tsproxy-dns.service (see tsproxy migrate fgpu)", False)
+
+
+def load_text(conf: TailnetConf, extra: str) -> TailnetConf:
+    with open(conf.path, "a", encoding="utf-8") as file:
+        file.write(extra)
+    return load(conf.path)
 
 
 def test_tsproxys_own_units_are_no_one_else(monkeypatch: pytest.MonkeyPatch) -> None:

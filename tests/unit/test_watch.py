@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tsproxy import watch
-from tsproxy.watch import Shape
+from tsproxy import network, watch
+from tsproxy.network import Shape
 
 pytestmark = pytest.mark.unit
 
@@ -30,16 +30,16 @@ def listing(rules: dict[str, int]) -> str:
 
 
 WHOLE = {"postrouting": 1, "forward": 6, "input": 2}
-MADE = Shape(netns=(4, 4026532290), veth=True, table=watch.table_shape(listing(WHOLE)))
+MADE = Shape(netns=(4, 4026532290), veth=True, table=network.table_shape(listing(WHOLE)))
 
 
 def test_table_shape() -> None:
-    assert watch.table_shape(listing(WHOLE)) == (("forward", 6), ("input", 2), ("postrouting", 1))
+    assert network.table_shape(listing(WHOLE)) == (("forward", 6), ("input", 2), ("postrouting", 1))
     # Flushed: the chains stay, the rules go.
-    assert watch.table_shape(listing(dict.fromkeys(WHOLE, 0))) == (
+    assert network.table_shape(listing(dict.fromkeys(WHOLE, 0))) == (
         ("forward", 0), ("input", 0), ("postrouting", 0))
-    assert watch.table_shape(None) is None
-    assert watch.table_shape("not json") is None
+    assert network.table_shape(None) is None
+    assert network.table_shape("not json") is None
 
 
 @pytest.mark.parametrize("now, expected", [
@@ -48,7 +48,7 @@ def test_table_shape() -> None:
     (Shape((4, 1), True, MADE.table), ["network namespace ts-fgpu was replaced"]),
     (Shape(MADE.netns, False, MADE.table), ["veth ts-fgpu is gone"]),
     (Shape(MADE.netns, True, None), ["nft table inet tsproxy-fgpu is gone"]),
-    (Shape(MADE.netns, True, watch.table_shape(listing(dict.fromkeys(WHOLE, 0)))),
+    (Shape(MADE.netns, True, network.table_shape(listing(dict.fromkeys(WHOLE, 0)))),
      ["nft table inet tsproxy-fgpu was changed or flushed"]),
     # `ip netns del` with `nft flush ruleset`: every piece named.
     (Shape(None, False, None), ["network namespace ts-fgpu is gone", "veth ts-fgpu is gone",

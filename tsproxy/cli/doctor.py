@@ -1,5 +1,5 @@
 """`tsproxy doctor [--fix] [NAME]`: run every check, print each failure with the command
-that fixes it; `--fix` runs the safe ones (restarts and reloads, see tsproxy/doctor.py) and
+that fixes it; `--fix` runs the safe ones (restarts and reloads, see tsproxy/health.py) and
 checks again.
 
 Exit status 0 when everything checked is fine (after the fixes, with --fix), 3 when not.
@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 
-from .. import doctor
-from ..doctor import Finding
+from .. import doctor, health
 from ..errors import TsproxyError
+from ..health import Finding
 from ..instances import checked_name, conf_dir, load_instances
 from ..netns import require_root
 from ..status import gather
@@ -73,8 +73,8 @@ def examine(name: str | None) -> list[Finding]:
         if status.units.get("instance") == "inactive" and not conf.autostart:
             findings.append(Finding(conf.name, "instance started", None))  # stopped on purpose
             continue
-        findings += doctor.instance_findings(conf, status)
-    return findings + doctor.host_findings()
+        findings += health.instance(conf, status, doctor.Deep())
+    return [*findings, health.tailscaled_installed(), health.resolv_conf_untouched()]
 
 
 def settle(name: str | None) -> list[Finding]:
