@@ -36,13 +36,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tsproxy_generator.addresses import Address
+from tsproxy_generator.addresses import Address, is_host_name
 from tsproxy_generator.addresses import ip_literal as unscoped_ip_literal
 
 from .localapi import LocalAPI, LocalAPIError
 
 STATUS_TTL = 1.5
-LABEL = re.compile(r"[a-z0-9_-]{1,63}")
 OCTET = re.compile(r"0|[1-9][0-9]{0,2}")
 HEX_LABEL = re.compile(r"[0-9a-f-]+")
 # Peers are usable in these states; NeedsLogin, Stopped, NoState have no network map.
@@ -69,8 +68,7 @@ def normalize(host: str) -> str:
     name = name.lower()
     if ":" in name:  # only an IPv6 literal has one; validated by the caller
         return name
-    labels = name.split(".")
-    if len(name) > 253 or not all(LABEL.fullmatch(label) for label in labels):
+    if not is_host_name(host):  # (which allows the one trailing dot, not two)
         raise NameNotFound(f"{host[:80]!r}: not a valid name")
     return name
 

@@ -6,12 +6,29 @@ On the generator's boot path: standard library only.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 # _socket, not socket: socket.py (with selectors) would cost the boot path 2-6 ms.
 from _socket import AF_INET, AF_INET6, inet_pton
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# A label of a name a client may ask for (the proxy's parsers and the resolver agree on it):
+# letters, digits, '_' (real internal names have them) and '-' anywhere, since tsproxy's own
+# IPv6-embedded names start or end with one ("--1.fgpu" is ::1, "fd00--.fgpu" is fd00::).
+HOST_LABEL = re.compile(r"[A-Za-z0-9_-]{1,63}")
+# A label of a name tsproxy itself publishes (a conf's suffix or label): RFC 1123's letters,
+# digits and inner hyphens, lower case, so that every resolver and browser takes it.
+PUBLISHED_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+def is_host_name(text: str) -> bool:
+    """A DNS name that could ever be looked up: ASCII labels of 1..63 characters, at most 253
+    characters plus one optional trailing dot (RFC 1035's 255-octet wire limit). Anything
+    else (empty, NUL, spaces, non-ASCII, a 64-character label) never resolves."""
+    name = text[:-1] if text.endswith(".") else text
+    return 0 < len(name) <= 253 and all(HOST_LABEL.fullmatch(label) for label in name.split("."))
 
 
 def endpoint(host: object, port: int) -> str:

@@ -12,10 +12,9 @@ from collections.abc import Callable
 
 from validate import ValidateError
 
-from .addresses import Network
+from .addresses import PUBLISHED_LABEL, Network
 from .model import Listen
 
-LABEL_RE = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 DNS_PORT = 53
 # tsproxy sets these itself, per instance.
 RESERVED_TAILSCALED_ARGS = ("--statedir", "--state", "--socket", "--tun", "--socks5-server",
@@ -72,7 +71,7 @@ def check_listen(text: str) -> Listen:
 
 def domain(text: str) -> str:
     name = text.lower().strip(".")
-    if len(name) > 200 or not all(LABEL_RE.fullmatch(label) for label in name.split(".")):
+    if len(name) > 200 or not all(PUBLISHED_LABEL.fullmatch(label) for label in name.split(".")):
         raise ValidateError(f'"{text}" is not a DNS suffix (labels of a-z, 0-9 and -)')
     return name
 
@@ -94,7 +93,7 @@ def check_dns_listen(text: str) -> object:
 
 @one_value
 def check_label(text: str) -> str:
-    if not LABEL_RE.fullmatch(text):
+    if not PUBLISHED_LABEL.fullmatch(text):
         raise ValidateError(f'"{text}" is not a host name (1-63 of a-z, 0-9 and -)')
     return text
 

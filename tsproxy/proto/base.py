@@ -8,7 +8,7 @@ from enum import Enum, IntEnum
 from http import HTTPStatus
 
 # Re-exported for the parsers next door, which import their helpers from here.
-from tsproxy_generator.addresses import ip_literal
+from tsproxy_generator.addresses import ip_literal, is_host_name
 
 # authenticate(user, password) -> bool. The callback compares in constant time; the parsers
 # call it exactly once per attempt, whatever the user name, so they add no timing of their own.
@@ -147,27 +147,8 @@ class Handshake:
 
 
 def is_host(text: str) -> bool:
-    """An IP literal or a DNS host name that could ever resolve.
-
-    Host names are ASCII letters, digits, '-' and '_' (underscores appear in real internal
-    names), labels of 1..63 characters that neither start nor end with '-', at most 253
-    characters plus one optional trailing dot (RFC 1035's 255-octet wire limit). Anything else
-    (empty, NUL, spaces, non-ASCII, a 255-character single label) can never be looked up.
-    """
-    if ip_literal(text) is not None:
-        return True
-    name = text[:-1] if text.endswith(".") else text
-    if not name or len(name) > 253:
-        return False
-    for label in name.split("."):
-        if not 1 <= len(label) <= 63 or label[0] == "-" or label[-1] == "-":
-            return False
-        if not all(c in _HOST_CHARS for c in label):
-            return False
-    return True
-
-
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+    """An IP literal or a DNS host name that could ever resolve (addresses.is_host_name)."""
+    return ip_literal(text) is not None or is_host_name(text)
 
 
 def shown(value: str | bytes, limit: int = 64) -> str:
