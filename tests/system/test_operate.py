@@ -1,7 +1,7 @@
 """Operating an instance in a booted Debian 12 and 13: `tsproxy status`, `list` and `logout`
 on the real units, after start, after tailscaled crashes or is stopped, after `ip netns del`
 and `nft delete table`, each followed by the instance healing (by itself, or by the one
-command status names)."""
+command status names); `doctor`; the troubleshooting helpers `tailscale` and `exec`."""
 
 from __future__ import annotations
 
@@ -150,6 +150,7 @@ def test_doctor(booted_debian: Container, tailscale_deb: Path) -> None:
     install(c, tailscale_deb, CONFS)
     c.run("systemctl daemon-reload && systemctl start tsproxy@fgpu")
     wait_for(lambda: as_after_start(c), what=f"fgpu up (now: {fgpu(c)})")
+    troubleshooting_helpers(c)
     login = {"tailscaled logged in": "fix: tsproxy login fgpu  (not run by --fix)"}
 
     # Up but not logged in: that is all doctor finds, and --fix leaves it to the user.
@@ -200,6 +201,48 @@ def test_doctor(booted_debian: Container, tailscale_deb: Path) -> None:
     missing = c.run("tsproxy doctor nope", check=False)
     assert (missing.returncode, missing.stderr) == (
         1, "tsproxy: no instance 'nope': /etc/tsproxy.d/nope.conf does not exist\n")
+
+
+def troubleshooting_helpers(c: Container) -> None:
+    """`tsproxy tailscale` and `tsproxy exec` on the real tailscaled and namespace, fgpu
+    running and logged out, lab stopped (run inside test_doctor, which has them so already:
+    a boot of their own would cost a minute per Debian)."""
+    nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups "
+    # The real CLI on fgpu's socket: as root from inside the namespace, as another user
+    # from the host's (tailscaled answers it read-only).
+    for user in ("", nobody):
+        done = c.run(f"{user}tsproxy tailscale fgpu status --json", check=False)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (user, done.stderr)
+        assert json.loads(done.stdout)["BackendState"] == "NeedsLogin", (user, done.stdout)
+
+    # exec sees the namespace's interfaces, not the host's.
+    def names(output: str) -> set[str]:
+        return {link["ifname"] for link in json.loads(output)}
+    inside = names(c.run("tsproxy exec fgpu -- ip -j addr").stdout)
+    assert inside == names(c.run("ip -n ts-fgpu -j addr").stdout)
+    assert "eth0" in inside and "ts-fgpu" not in inside
+    assert "ts-fgpu" in names(c.run("ip -j addr").stdout)
+    assert c.run("tsproxy exec fgpu -- sh -c 'exit 7'", check=False).returncode == 7
+
+    # Refusals: one line each, never a traceback.
+    refused = c.run(f"{nobody}tsproxy exec fgpu -- ip addr", check=False)
+    assert (refused.returncode, refused.stderr) == (
+        1, "tsproxy: tsproxy exec must run as root: only root may enter an instance's "
+           "namespace\n")
+    stopped = c.run("tsproxy exec lab -- ip addr", check=False)
+    assert (stopped.returncode, stopped.stderr) == (
+        1, "tsproxy: lab: the instance is not running (/run/netns/ts-lab is missing); "
+           "start it with: systemctl start tsproxy@lab\n")
+    stopped = c.run("tsproxy tailscale lab status", check=False)
+    assert (stopped.returncode, stopped.stderr) == (
+        1, "tsproxy: lab: tailscaled is not running (/run/tsproxy/lab/tailscaled.sock is "
+           "missing); start it with: systemctl start tsproxy@lab\n")
+    for command in ("tailscale nope status", "exec nope -- ip addr"):
+        missing = c.run(f"tsproxy {command}", check=False)
+        assert (missing.returncode, missing.stderr) == (
+            1, "tsproxy: no instance 'nope': /etc/tsproxy.d/nope.conf does not exist\n")
+    usage = c.run("tsproxy exec fgpu ip addr", check=False)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: tsproxy exec")
 
 
 def journal(c: Container, unit: str) -> str:

@@ -53,8 +53,8 @@ def test_commands_and_options_are_the_parsers() -> None:
     assert forms and forms[1].split() == list(snippets.FORMS)
 
 
-def complete(line: str, conf_dir: Path) -> list[str]:
-    """What bash offers for `line` (the cursor at its end)."""
+def complete(line: str, conf_dir: Path, bin_dir: Path | None = None) -> list[str]:
+    """What bash offers for `line` (the cursor at its end), with bin_dir first in PATH."""
     script = f"""
 source {BASH_COMPLETION}
 source {SCRIPT}
@@ -67,7 +67,8 @@ _tsproxy tsproxy "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
 printf '%s\\n' "${{COMPREPLY[@]}}"
 """
     done = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True,
-                          env={"TSPROXY_CONF_DIR": str(conf_dir), "PATH": "/usr/bin:/bin"},
+                          env={"TSPROXY_CONF_DIR": str(conf_dir),
+                               "PATH": f"{bin_dir or '/nonexistent'}:/usr/bin:/bin"},
                           cwd=conf_dir, timeout=30)
     assert done.returncode == 0, done.stderr
     return sorted(line for line in done.stdout.splitlines() if line)
@@ -88,3 +89,30 @@ def test_bash_completes(tmp_path: Path) -> None:
     assert complete("tsproxy --v", tmp_path) == ["--version"]
     assert complete("tsproxy migrate --s", tmp_path) == ["--state-from", "--stop"]
     assert complete("tsproxy migrate f", tmp_path) == ["fgpu"]
+
+
+def test_bash_completes_what_follows_the_name(tmp_path: Path) -> None:
+    (tmp_path / "fgpu.conf").write_text("listen = 127.0.0.1:1080\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # tailscale completes its own words; the stand-in says which words it was given.
+    tailscale = bin_dir / "tailscale"
+    tailscale.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\" >\"$0.args\"\n"
+                         "printf 'status\\tShow state\\nset\\tChange preferences\\n:4\\n'\n")
+    tailscale.chmod(0o755)
+    (bin_dir / "tsproxy-test-cmd").write_bytes(tailscale.read_bytes())
+    (bin_dir / "tsproxy-test-cmd").chmod(0o755)
+
+    assert complete("tsproxy tailscale f", tmp_path, bin_dir) == ["fgpu"]
+    assert complete("tsproxy tailscale fgpu s", tmp_path, bin_dir) == ["set", "status"]
+    assert (bin_dir / "tailscale.args").read_text().split() == [
+        "completion", "__complete", "--", "s"]
+    complete("tsproxy tailscale fgpu ping --c", tmp_path, bin_dir)
+    assert (bin_dir / "tailscale.args").read_text().split() == [
+        "completion", "__complete", "--", "ping", "--c"]
+
+    assert complete("tsproxy exec f", tmp_path, bin_dir) == ["fgpu"]
+    assert complete("tsproxy exec fgpu ", tmp_path, bin_dir) == ["--"]
+    assert complete("tsproxy exec fgpu -- tsproxy-test-c", tmp_path, bin_dir) == [
+        "tsproxy-test-cmd"]
+    assert complete("tsproxy exec fgpu ping ", tmp_path, bin_dir) == []

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("command", ["up", "down", "login", "logout", "watch", "proxy", "client",
-                                     "status", "doctor"])
+@pytest.mark.parametrize("command", ["up", "down", "login", "logout", "tailscale", "watch",
+                                     "proxy", "client", "status", "doctor"])
 @pytest.mark.parametrize("name", ["../etc", "Bad_Name", "fgpu.conf", "a" * 13])
 def test_bad_names_are_refused(command: str, name: str, tmp_path: Path) -> None:
     (tmp_path / "etc.conf").write_text("listen = 100.121.76.21:11080\n")

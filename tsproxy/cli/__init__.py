@@ -22,6 +22,9 @@ COMMANDS = {
              "tsproxy-watch@NAME)",
     "login": "log an instance's tailscaled in to its tailnet",
     "logout": "log an instance's tailscaled out of its tailnet",
+    "tailscale": "run the tailscale CLI against an instance's tailscaled (status, ping, "
+                 "netcheck, lock sign, set, ...)",
+    "exec": "run a command inside an instance's namespace, e.g. ping a peer",
     "proxy": "serve the proxy socket of an instance (run by tsproxy-socks@NAME)",
     "client": "print ready-to-paste setup for client machines (DNS, PAC, ssh, shell)",
     "dns": "answer every instance's DNS names (run by tsproxy-dns.service)",
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"{__name__}.{command}")
     sub = argparse.ArgumentParser(prog=f"tsproxy {command}", description=COMMANDS[command])
     module.register(sub)
-    args = sub.parse_args(argv[1:])
+    # A command that runs another (exec) splits its words itself, at `--`.
+    args = module.parse(sub, argv[1:]) if hasattr(module, "parse") else sub.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except TsproxyError as error:
