@@ -8,8 +8,8 @@ tsproxy forwards for everyone once the guard of forwarding.py is gone. Nothing i
 sees that, so tsproxy-watch@NAME.service (started with the instance, bound to it) looks
 every INTERVAL seconds at what `up` made and, when a piece is missing or changed, restarts
 tsproxy@NAME: `down` and `up` converge from any half-made state, and the instance's other
-units restart with it. A probe costs a stat, an ioctl, and one `nft -j list table` (two
-while the guard is due).
+units restart with it. A probe costs a stat, an ioctl, and one table listing through
+libnftables, in this process (two while the guard is due).
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from dataclasses import dataclass
 
 from tsproxy_generator.vocabulary import INSTANCE, netns_name, nft_table, unit
 
-from . import forwarding
+from . import forwarding, nftlib
 from .netns import netns_path
 
 INTERVAL = 2.0  # detection within 2 s, the rebuild in about 1 s more: well inside 10 s
-NFT_TIMEOUT = 10
 
 
 @dataclass(frozen=True)
@@ -65,13 +64,11 @@ def look(name: str, with_table: bool = True) -> Shape:
 
 
 def list_table(table: str) -> str | None:
-    """`nft -j list table FAMILY NAME`, None when there is no such table."""
+    """`nft -j list table FAMILY NAME`, None when nftables has no such table to show."""
     try:
-        done = subprocess.run(["nft", "-j", "list", "table", *table.split()],
-                              capture_output=True, text=True, timeout=NFT_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired):
+        return nftlib.listing(f"list table {table}")
+    except nftlib.NftError:
         return None
-    return done.stdout if done.returncode == 0 else None
 
 
 def table_shape(listing: str | None) -> tuple[tuple[str, int], ...] | None:
