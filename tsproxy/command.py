@@ -1,6 +1,6 @@
-"""Running ip, nft and systemctl for netns.py, forwarding.py and migrate.py: a failure is one
-TsproxyError line naming the command (for a batch, its failing line) and the tool's first
-complaint."""
+"""Running ip and systemctl for netns.py and migrate.py: a failure is one TsproxyError line
+naming the command (for an `ip -batch`, its failing line) and the tool's first complaint.
+nftables is not run here: nftlib.py talks to libnftables in the process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 from .errors import TsproxyError
 
 COMMAND_TIMEOUT = 10
-PACKAGES = {"ip": "iproute2", "nft": "nftables"}
+PACKAGES = {"ip": "iproute2"}
 
 
 def run(argv: list[str], stdin: str | None = None, timeout: float = COMMAND_TIMEOUT) -> str:
@@ -28,18 +28,15 @@ def run(argv: list[str], stdin: str | None = None, timeout: float = COMMAND_TIME
 
 
 def failure(argv: list[str], stdin: str | None, stderr: str) -> str:
-    """One line: the command that failed (for a batch, its failing line) and ip's or nft's
-    first complaint."""
+    """One line: the command that failed (for a batch, its failing line) and the tool's first
+    complaint."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     command = " ".join(argv)
-    # ip -batch ends with "Command failed -:N"; nft -f - starts with "/dev/stdin:N:...".
-    where = re.search(r"Command failed -:(\d+)$|^/dev/stdin:(\d+):", stderr, re.MULTILINE)
+    # ip -batch ends with "Command failed -:N".
+    where = re.search(r"Command failed -:(\d+)$", stderr, re.MULTILINE)
     if stdin is not None and where:
-        number = int(where[1] or where[2])
+        number = int(where[1])
         failing = stdin.splitlines()[number - 1].strip() if number <= stdin.count("\n") else ""
-        if argv[0] == "ip":
-            command = " ".join([a for a in argv if a not in ("-batch", "-")] + [failing])
-        else:
-            command = f"{command} (line {number}: {failing})"
+        command = " ".join([a for a in argv if a not in ("-batch", "-")] + [failing])
     complaint = next((line for line in lines if not line.startswith("Command failed")), "failed")
     return f"{command}: {complaint}"

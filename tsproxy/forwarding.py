@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from tsproxy_generator.vocabulary import netns_name
 
-from . import command
+from . import nftlib
 from .errors import TsproxyError
 from .instances import run_dir
 
@@ -124,7 +124,7 @@ def _converge(holders: Holders) -> None:
     if holders.instances:
         # Recorded first: whatever fails next, `down` knows what to give back.
         _write(holders)
-        command.run(["nft", "-f", "-"], guard_rules(holders))
+        nftlib.load(guard_rules(holders))
         _set_sysctl(IP_FORWARD, "1")
         return
     if holders.restore is not None:
@@ -133,7 +133,7 @@ def _converge(holders: Holders) -> None:
         for path, value in holders.restore.items():
             if path != IP_FORWARD and os.path.exists(os.path.join(IPV4, path)):
                 _set_sysctl(path, value)
-    command.run(["nft", "-f", "-"], guard_rules(holders))
+    nftlib.load(guard_rules(holders))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(state_path())
 

@@ -2,10 +2,10 @@
 
 `up` and `down` are ExecStart and ExecStop of tsproxy@NAME.service. Both converge: run
 again on a complete, half-made or missing setup, they end in the same state. The start
-path has a 1 s budget, so the work is a handful of subprocesses: `ip -batch` per namespace
-and two `nft -f -` transactions (the instance's rules are in nft.py, the host's forwarding
-in forwarding.py). The order keeps the namespace from ever being connected without its
-isolation rules.
+path has a 1 s budget, so the work is an `ip -batch` per namespace and two nftables
+transactions loaded through libnftables (the instance's rules are in nft.py, the host's
+forwarding in forwarding.py). The order keeps the namespace from ever being connected
+without its isolation rules.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tsproxy_generator.model import ConfigError, TailnetConf
 from tsproxy_generator.paths import NETNS_ETC_DIR, TAILSCALED
 from tsproxy_generator.vocabulary import netns_etc, netns_name
 
-from . import command, forwarding, nft
+from . import command, forwarding, nft, nftlib
 from .errors import TsproxyError
 
 NETNS_RUN_DIR = "/run/netns"  # where `ip netns add` pins a namespace
@@ -62,16 +62,14 @@ def up(conf: TailnetConf) -> list[str]:
     if not os.access(tailscaled_path(), os.X_OK):
         raise TsproxyError(f"{name}: {tailscaled_path()} not found: install the tailscale package")
     _check_overlap(conf)
-    firewall = nft.parse_chains(command.run(["nft", "-j", "list", "chains"]), name)
-    handles = (nft.parse_docker_handles(command.run(["nft", "-j", *nft.docker_user_listing()]),
-                                        name) if firewall.docker_user else None)
+    firewall, handles = _firewall(name)
 
     made = _Made()
     try:
         # Rules before links: the namespace is never up without its isolation. They match
         # interface names, so they need no interface to exist yet.
         made.table = not firewall.table_exists
-        command.run(["nft", "-f", "-"], nft.up_rules(name, conf.veth_subnet, handles))
+        nftlib.load(nft.up_rules(name, conf.veth_subnet, handles))
         made.forwarding = forwarding.join(name)
         host = []
         if not os.path.exists(netns_path(ns)):
@@ -108,7 +106,7 @@ def down(name: str) -> None:
     try:
         # Links before rules: the namespace is never up without its isolation.
         _delete_links(ns, veth=True, netns=True)
-        command.run(["nft", "-f", "-"], nft.down_rules(name, _docker_handles(name)))
+        _delete_rules(name)
         forwarding.leave(name)
         _remove_etc_dir(name)
     except (TsproxyError, OSError) as error:
@@ -201,14 +199,19 @@ def _usable_nameservers(path: str) -> list[str]:
     return servers
 
 
-def _docker_handles(name: str) -> tuple[int, ...]:
-    try:
-        listing = command.run(["nft", "-j", *nft.docker_user_listing()])
-    except TsproxyError as error:
-        if "No such file or directory" in str(error):  # no such table or chain: nothing of ours
-            return ()
-        raise
-    return nft.parse_docker_handles(listing, name)
+def _firewall(name: str) -> tuple[nft.Firewall, tuple[int, ...] | None]:
+    """The ruleset as `up` and `down` need it, and the handles of the instance's rules in
+    DOCKER-USER (None when there is no such chain)."""
+    # The chain list says whether DOCKER-USER is there: listing it blind would leave "no
+    # such chain" to be told from other refusals by nft's wording.
+    firewall = nft.parse_chains(nftlib.listing("list chains"), name)
+    if not firewall.docker_user:
+        return firewall, None
+    return firewall, nft.parse_docker_handles(nftlib.listing(nft.docker_user_listing()), name)
+
+
+def _delete_rules(name: str) -> None:
+    nftlib.load(nft.down_rules(name, _firewall(name)[1] or ()))
 
 
 def _undo(name: str, made: _Made) -> None:
@@ -222,7 +225,7 @@ def _undo(name: str, made: _Made) -> None:
             forwarding.leave(name)
     if made.table:
         with contextlib.suppress(TsproxyError):
-            command.run(["nft", "-f", "-"], nft.down_rules(name, _docker_handles(name)))
+            _delete_rules(name)
     if made.etc_dir:
         with contextlib.suppress(OSError):
             _remove_etc_dir(name)
@@ -251,7 +254,7 @@ def _remove_etc_dir(name: str) -> None:
             raise
 
 
-# -- running ip and nft -------------------------------------------------------------------
+# -- running ip ---------------------------------------------------------------------------
 
 def netns_path(ns: str) -> str:
     return os.path.join(NETNS_RUN_DIR, ns)

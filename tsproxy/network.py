@@ -1,7 +1,7 @@
 """What `up` made of an instance's network, as it is now: the namespace, the host end of the
 veth, the instance's nft table and, while tsproxy turned the host's forwarding on, the
-forwarding guard. One look costs a stat, an ioctl and one `nft -j list table` (two while the
-guard is due): cheap enough for the watchdog every 2 s, and what status and doctor judge too
+forwarding guard. One look costs a stat, an ioctl and one table listing through libnftables,
+in this process (two while the guard is due): cheap enough for the watchdog every 2 s, and what status and doctor judge too
 (health.network).
 """
 
@@ -10,16 +10,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 from dataclasses import dataclass
 
 from tsproxy_generator.vocabulary import netns_name, nft_table
 
-from . import forwarding
+from . import forwarding, nftlib
 from .netns import netns_path
-
-NFT_TIMEOUT = 10
-
 
 @dataclass(frozen=True)
 class Shape:
@@ -54,13 +50,11 @@ def look(name: str, with_table: bool = True) -> Shape:
 
 
 def list_table(table: str) -> str | None:
-    """`nft -j list table FAMILY NAME`, None when there is no such table."""
+    """`nft -j list table FAMILY NAME`, None when nftables has no such table to show."""
     try:
-        done = subprocess.run(["nft", "-j", "list", "table", *table.split()],
-                              capture_output=True, text=True, timeout=NFT_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired):
+        return nftlib.listing(f"list table {table}")
+    except nftlib.NftError:
         return None
-    return done.stdout if done.returncode == 0 else None
 
 
 def table_shape(listing: str | None) -> tuple[tuple[str, int], ...] | None:

@@ -2,8 +2,9 @@
 
 tsproxy owns one table per instance, `table inet tsproxy-NAME`, and touches nothing else in
 the ruleset except, where Docker's iptables-nft chains exist, two rules in DOCKER-USER
-tagged with the comment `tsproxy-NAME`. Every change is one `nft -f -` transaction, so a
-failure leaves the ruleset as it was. Text and JSON only: netns.py runs nft.
+tagged with the comment `tsproxy-NAME`. Every change is one transaction, so a failure
+leaves the ruleset as it was. Text and JSON only: netns.py hands them to libnftables
+(nftlib.py).
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ def tag(name: str) -> str:
     return nft_table(name)
 
 
-def docker_user_listing() -> list[str]:
+def docker_user_listing() -> str:
     """The nft command listing DOCKER-USER (its JSON carries the rule handles)."""
-    return ["list", "chain", *DOCKER_TABLE.split(), DOCKER_USER]
+    return f"list chain {DOCKER_TABLE} {DOCKER_USER}"
 
 
 def parse_chains(listing: str, name: str) -> Firewall:

@@ -68,6 +68,24 @@ table inet firewall {
     assert done.stderr.count("\n") == 1
 
 
+def test_filter_table_without_docker_user_is_left_alone(host: FakeHost) -> None:
+    # iptables-nft without Docker: `ip filter` is there, DOCKER-USER is not, and neither
+    # `up` nor `down` takes that for a failure or adds to the table.
+    host.add_instance("a", "10.200.3.4/30", 1080)
+    host.run("nft", "-f", "-", input="""
+table ip filter {
+    chain INPUT {
+        type filter hook input priority 0; policy accept;
+    }
+}
+""")
+    before = host.state()
+    for command in ("up", "down"):
+        done = host.tsproxy(command, "a")
+        assert (done.returncode, done.stderr) == (0, "")
+    assert host.state() == before
+
+
 def test_failed_up_leaves_docker_table_alone(docker: FakeHost) -> None:
     table = docker.state()["nft"]
     # resolv.conf cannot be written: up fails after its rules are in.

@@ -45,6 +45,7 @@ BASE_PACKAGES: tuple[str, ...] = (
     "python3",
     "python3-configobj",
     "python3-jinja2",
+    "python3-nftables",
     "python3-pystemd",
     "python3-dnslib",
     "procps",
