@@ -76,9 +76,9 @@ def up(conf: TailnetConf) -> list[str]:
             made.netns = True
             host.append(f"netns add {ns}")
             # A veth whose namespace is gone is a leftover: its peer cannot be in a new one.
-            if _link_exists(ns):
+            if link_exists(ns):
                 host.append(f"link del {ns}")
-        if made.netns or not _link_exists(ns):
+        if made.netns or not link_exists(ns):
             made.veth = True
             host.append(f"link add {ns} type veth peer name {NS_IFNAME} netns {ns}")
         host += [f"addr replace {conf.veth_host} dev {ns}", f"link set {ns} up"]
@@ -235,7 +235,7 @@ def _delete_links(ns: str, veth: bool, netns: bool) -> None:
     host = []
     # The veth goes by itself, not only with the namespace: a namespace outlives
     # `netns del` while a process (a tailscaled that would not stop) is still inside.
-    if veth and _link_exists(ns):
+    if veth and link_exists(ns):
         host.append(f"link del {ns}")
     if netns and os.path.exists(netns_path(ns)):
         host.append(f"netns del {ns}")
@@ -260,7 +260,7 @@ def netns_path(ns: str) -> str:
     return os.path.join(NETNS_RUN_DIR, ns)
 
 
-def _link_exists(ifname: str) -> bool:
+def link_exists(ifname: str) -> bool:
     # An ioctl in our own network namespace: no subprocess, and unlike /sys/class/net it
     # does not depend on which namespace mounted sysfs.
     try:

@@ -1,21 +1,21 @@
 """What `up` made of an instance's network, as it is now: the namespace, the host end of the
 veth, the instance's nft table and, while tsproxy turned the host's forwarding on, the
-forwarding guard. One look costs a stat, an ioctl and one table listing through libnftables,
-in this process (two while the guard is due): cheap enough for the watchdog every 2 s, and what status and doctor judge too
-(health.network).
+forwarding guard. One look costs a stat, an ioctl and one table listing through libnftables
+in this process (two while the guard is due): cheap enough for the watchdog every 2 s, and
+what status and doctor judge too (health.network).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 from dataclasses import dataclass
 
 from tsproxy_generator.vocabulary import netns_name, nft_table
 
 from . import forwarding, nftlib
-from .netns import netns_path
+from .netns import link_exists, netns_path
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -37,11 +37,7 @@ def look(name: str, with_table: bool = True) -> Shape:
         netns: tuple[int, int] | None = (info.st_dev, info.st_ino)
     except OSError:
         netns = None
-    try:
-        socket.if_nametoindex(ns)
-        veth = True
-    except OSError:
-        veth = False
+    veth = link_exists(ns)
     if not with_table:
         return Shape(netns, veth, None)
     due = forwarding.guarded()
