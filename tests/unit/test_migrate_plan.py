@@ -23,6 +23,7 @@ from tsproxy.instances import get_instance
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import seed
+from fake_systemd import FakeSystemd
 
 pytestmark = pytest.mark.unit
 
@@ -128,9 +129,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
                        "TSPROXY_NETNS_DIR": tmp_path / "netns", "TSPROXY_PROC": tmp_path / "proc",
                        "TSPROXY_STATE_DIR": tmp_path / "var/lib/tsproxy",
                        "TSPROXY_SYSTEMCTL": FAKE_SYSTEMCTL,
-                       "FAKE_SYSTEMCTL_UNITS": tmp_path / "units.json",
                        "FAKE_SYSTEMCTL_LOG": tmp_path / "systemctl.log"}.items():
         monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr("tsproxy.systemd.connect", FakeSystemd(tmp_path / "units.json").connect)
     monkeypatch.setattr("tsproxy.cli.migrate.require_root", lambda *args: None)
     yield w
 

@@ -1,4 +1,4 @@
-"""`tsproxy status`, `list` and `logout` against a fake systemd (tests/fake_systemctl.py),
+"""`tsproxy status`, `list` and `logout` against a fake systemd (tests/fake_systemd.py),
 fake tailscaleds (tests/fake_localapi.py) and counters files: output compared with golden
 files in tests/unit/status/ (`--update-goldens` rewrites them; review the diff)."""
 
@@ -17,12 +17,12 @@ from tsproxy.network import Shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_localapi import FakeLocalAPI, make_node, make_status
+from fake_systemd import FakeSystemd
 
 pytestmark = pytest.mark.unit
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "status"
-FAKE_SYSTEMCTL = HERE.parent / "fake_systemctl.py"
 
 CONFS = {
     "fgpu.conf": "listen = 100.121.76.21:11080\n",
@@ -78,10 +78,9 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         (tmp_path / "run" / name).mkdir(parents=True)
     for key, value in {"TSPROXY_CONF_DIR": tmp_path / "etc", "TSPROXY_RUN_DIR": tmp_path / "run",
                        "TSPROXY_STATS_DIR": tmp_path / "stats",
-                       "TSPROXY_SYSTEMCTL": FAKE_SYSTEMCTL,
-                       "FAKE_SYSTEMCTL_UNITS": tmp_path / "units.json",
                        "TSPROXY_TAILSCALED": "/bin/true"}.items():
         monkeypatch.setenv(key, str(value))
+    monkeypatch.setattr("tsproxy.systemd.connect", FakeSystemd(tmp_path / "units.json").connect)
     monkeypatch.delenv("NO_COLOR", raising=False)
     # The namespaces, veths and nft tables of the running instances, as the watchdog sees
     # them; a test takes pieces away through NETWORK.
