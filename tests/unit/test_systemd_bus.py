@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tsproxy import systemd
+from tsproxy.cli import doctor
 from tsproxy.cli import main as tsproxy_main
 from tsproxy.errors import TsproxyError
 
@@ -56,6 +57,31 @@ def test_unit_names_as_people_write_them() -> None:
     assert systemd.unit_name("tsproxy-dns.service") == "tsproxy-dns.service"
 
 
+def test_doctor_fix_waits_for_each_job(fake: FakeSystemd) -> None:
+    assert doctor.fix("systemctl restart tsproxy@fgpu") == []
+    assert fake.jobs == [("restart", INSTANCE)]
+    assert doctor.fix("systemctl restart tsproxy-dns.socket tsproxy-dns.service") == []
+    assert fake.jobs[1:] == [("restart", "tsproxy-dns.socket"),
+                             ("restart", "tsproxy-dns.service")]
+    # Every queued job came back through JobRemoved before fix returned.
+    assert set(fake.finished.values()) == {"done"} and len(fake.finished) == 3
+    assert doctor.fix("systemctl daemon-reload") == [] and fake.reloads == 1
+
+
+def test_doctor_fix_reports_a_failed_job_in_one_line(fake: FakeSystemd,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.results = {"tsproxy-dns.socket": "failed", "tsproxy-dns.service": None}
+    monkeypatch.setattr(doctor, "JOB_TIMEOUT", 0.2)
+    assert doctor.fix("systemctl restart tsproxy-dns.socket tsproxy-dns.service") == [
+        "tsproxy-dns.socket: job failed: see journalctl -u tsproxy-dns.socket",
+        "tsproxy-dns.service: not done after 0.2 s (systemctl list-jobs)"]
+
+
+def test_doctor_fix_runs_other_commands(fake: FakeSystemd) -> None:
+    assert doctor.fix("true") == [] and doctor.fix("false") == ["exit 1"]
+    assert fake.jobs == []
+
+
 def test_without_systemd_it_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     # Nothing listens where the private socket and the system bus are said to be.
@@ -75,4 +101,5 @@ def test_without_systemd_it_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("TSPROXY_CONF_DIR", str(tmp_path / "etc"))
     assert tsproxy_main(["status", "fgpu"]) == 1
     assert capsys.readouterr() == ("", f"tsproxy: {away}\n")
+    assert doctor.fix("systemctl restart tsproxy@fgpu") == [away]
 

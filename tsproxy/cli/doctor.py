@@ -1,6 +1,7 @@
 """`tsproxy doctor [--fix] [NAME]`: run every check, print each failure with the command
 that fixes it; `--fix` runs the safe ones (restarts and reloads, see tsproxy/health.py) and
-checks again.
+checks again. A fix that is a systemctl verb goes to systemd over D-Bus, and doctor waits for
+each job it starts, as systemctl would.
 
 Exit status 0 when everything checked is fine (after the fixes, with --fix), 3 when not.
 """
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from .. import doctor, health
+from .. import doctor, health, systemd
 from ..errors import TsproxyError
 from ..health import Finding
 from ..instances import checked_name, conf_dir, load_instances
@@ -23,6 +24,7 @@ from .list import generated
 
 UNHEALTHY = 3
 SETTLE = 10.0  # seconds a fix may take before the checks run again
+JOB_TIMEOUT = 60.0  # seconds for systemd to finish a fix's jobs
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -43,15 +45,33 @@ def run(args: argparse.Namespace) -> int:
         commands = list(dict.fromkeys(f.fix for f in findings if f.safe and f.fix))
         if commands:
             for command in commands:
-                print(f"fixing: {command}")
-                done = subprocess.run(command.split(), capture_output=True, text=True,
-                                      timeout=60)
-                if done.returncode != 0:
-                    print(f"  failed: {done.stderr.strip() or done.returncode}")
+                print(f"fixing: {command}", flush=True)
+                for line in fix(command):
+                    print(f"  failed: {line}")
             findings = settle(args.name)
             print("after the fixes:")
             report(findings)
     return 0 if all(f.ok for f in findings) else UNHEALTHY
+
+
+def fix(command: str) -> list[str]:
+    """Run one fix; what went wrong, one line each. `systemctl VERB UNIT...` and `systemctl
+    daemon-reload` go to systemd over D-Bus, anything else runs as a command."""
+    argv = command.split()
+    try:
+        if argv[:2] == ["systemctl", "daemon-reload"]:
+            systemd.reload()
+            return []
+        if argv[0] == "systemctl" and len(argv) > 2 and argv[1] in systemd.VERBS:
+            return systemd.run_jobs([(argv[1], systemd.unit_name(unit)) for unit in argv[2:]],
+                                    JOB_TIMEOUT)
+    except TsproxyError as error:
+        return [str(error)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=JOB_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return [str(error)]
+    return [] if done.returncode == 0 else [done.stderr.strip() or f"exit {done.returncode}"]
 
 
 def examine(name: str | None) -> list[Finding]:
