@@ -14,31 +14,28 @@ same as status and doctor.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 
-from tsproxy_generator.vocabulary import INSTANCE, netns_name, nft_table, unit
+from tsproxy_generator.vocabulary import INSTANCE, PROXY, TAILSCALED, netns_name, nft_table, unit
 
-from . import health
+from . import health, systemd
+from .errors import TsproxyError
 from .network import Shape, look
 
 INTERVAL = 2.0  # detection within 2 s, the rebuild in about 1 s more: well inside 10 s
 
 
 def restart(name: str) -> bool:
-    """Queue `systemctl restart tsproxy@NAME`: --no-block, because the restart stops this
-    watchdog too (it is bound to the instance)."""
+    """Queue a restart of tsproxy@NAME and return at once, without waiting for the job: the
+    restart stops this watchdog too (it is bound to the instance)."""
     try:
-        done = subprocess.run(["systemctl", "restart", "--no-block", unit(INSTANCE, name)],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        log(f"{name}: systemctl restart failed: {error}")
+        with systemd.manager() as connection:
+            connection.queue("restart", unit(INSTANCE, name))
+    except TsproxyError as error:
+        log(f"{name}: restart failed: {error}")
         return False
-    if done.returncode != 0:
-        log(f"{name}: systemctl restart failed: {done.stderr.strip()}")
-    return done.returncode == 0
+    return True
 
 
 def log(line: str) -> None:
@@ -52,17 +49,32 @@ def problems(name: str, made: Shape, now: Shape) -> list[str]:
 
 def run(name: str, interval: float = INTERVAL,
         probe: Callable[[str], Shape] = look, repair: Callable[[str], bool] = restart,
-        sleep: Callable[[float], None] = time.sleep) -> None:
-    """Watch until stopped; the first look is what `up` made (the unit starts after it)."""
+        sleep: Callable[[float], None] | None = None) -> None:
+    """Watch until stopped; the first look is what `up` made (the unit starts after it).
+
+    Between looks it waits on systemd (unless given `sleep`): a change of one of the
+    instance's units, or the end of a job of theirs, brings the next look forward. Removing
+    a namespace or an nft table tells systemd nothing, so the looks every `interval` stay."""
+    waker = None
+    if sleep is None:
+        waker = systemd.Waker([unit(INSTANCE, name), unit(TAILSCALED, name),
+                               unit(PROXY, name, ".socket"), unit(PROXY, name)],
+                              lambda line: log(f"{name}: {line}"))
+        sleep = waker.wait
     made = probe(name)
     # A piece already missing went between `up` and this start: repair it at once.
     found = problems(name, made, made)
     log(f"{name}: watching namespace {netns_name(name)} and nft table "
-        f"inet {nft_table(name)} every {interval:g} s")
-    while True:
-        if found:
-            log(f"{name}: {'; '.join(found)}: restarting {unit(INSTANCE, name, '')}")
-            if repair(name):
-                return
-        sleep(interval)
-        found = problems(name, made, probe(name))
+        f"inet {nft_table(name)} every {interval:g} s"
+        + (", and at once when its units change" if waker else ""))
+    try:
+        while True:
+            if found:
+                log(f"{name}: {'; '.join(found)}: restarting {unit(INSTANCE, name, '')}")
+                if repair(name):
+                    return
+            sleep(interval)
+            found = problems(name, made, probe(name))
+    finally:
+        if waker is not None:
+            waker.close()

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tsproxy import systemd
+from tsproxy import systemd, watch
 from tsproxy.cli import doctor
 from tsproxy.cli import main as tsproxy_main
 from tsproxy.errors import TsproxyError
+from tsproxy.network import Shape
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_systemd import FakeSystemd
@@ -22,6 +23,8 @@ from fake_systemd import FakeSystemd
 pytestmark = pytest.mark.unit
 
 INSTANCE = "tsproxy@fgpu.service"
+FGPU_UNITS = [INSTANCE, "tsproxy-tailscaled@fgpu.service", "tsproxy-socks@fgpu.socket",
+              "tsproxy-socks@fgpu.service"]
 
 
 @pytest.fixture
@@ -82,6 +85,31 @@ def test_doctor_fix_runs_other_commands(fake: FakeSystemd) -> None:
     assert fake.jobs == []
 
 
+def test_watchdog_queues_its_restart(fake: FakeSystemd) -> None:
+    assert watch.restart("fgpu") is True
+    assert fake.jobs == [("restart", INSTANCE)] and fake.waits == []  # not waited for
+
+
+def test_unit_changes_wake_the_watchdog(fake: FakeSystemd) -> None:
+    made = Shape((4, 1), True, (("forward", 6),))
+    looks = iter([made, made, made, Shape(None, True, made.table)])
+    repaired: list[str] = []
+
+    def probe(name: str) -> Shape:
+        fake.signal()  # say tailscaled failed right after this look
+        return next(looks)
+
+    def repair(name: str) -> bool:
+        repaired.append(name)
+        return True
+
+    watch.run("fgpu", 60.0, probe=probe, repair=repair)
+    # Three waits of up to 60 s, each cut short by the change: four looks at once.
+    assert repaired == ["fgpu"] and fake.waits == [60.0, 60.0, 60.0]
+    assert fake.followed == FGPU_UNITS
+    assert fake.closed == fake.connections == 1
+
+
 def test_without_systemd_it_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     # Nothing listens where the private socket and the system bus are said to be.
@@ -101,5 +129,11 @@ def test_without_systemd_it_is_one_line(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("TSPROXY_CONF_DIR", str(tmp_path / "etc"))
     assert tsproxy_main(["status", "fgpu"]) == 1
     assert capsys.readouterr() == ("", f"tsproxy: {away}\n")
-    assert doctor.fix("systemctl restart tsproxy@fgpu") == [away]
 
+    assert doctor.fix("systemctl restart tsproxy@fgpu") == [away]
+    assert watch.restart("fgpu") is False
+    # The watchdog says so once and goes on looking on its own.
+    waker = systemd.Waker(FGPU_UNITS, print)
+    waker.wait(0.01)
+    waker.wait(0.01)
+    assert capsys.readouterr().out == f"{away}: looking every 0.01 s only\n"
