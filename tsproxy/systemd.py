@@ -219,10 +219,10 @@ def show(units: list[str], properties: tuple[str, ...] = PROPERTIES) -> dict[str
     if not units:
         return {}
     with manager() as systemd:
-        listed = {row[0]: row for row in systemd.list_units(units)}
         states = {}
-        for unit in units:
-            values = dict(zip(LISTED, listed[unit], strict=True))
+        # In the order asked: an alias is answered under the unit's own name (its Id).
+        for unit, row in zip(units, systemd.list_units(units), strict=True):
+            values = dict(zip(LISTED, row, strict=True))
             for prop in properties:
                 if prop not in values and (value := systemd.get(unit, prop)) is not None:
                     values[prop] = value
