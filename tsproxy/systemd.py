@@ -44,6 +44,9 @@ UNIT_PREFIX = b"/org/freedesktop/systemd1/unit"
 # the Unit interface unless it belongs to the unit's type (Service, Socket, ...).
 LISTED = ("Id", "LoadState", "ActiveState", "SubState")
 ON_TYPE = frozenset({"Result"})
+# Asked only of a failed unit: what a working one would answer ("success") says nothing, and
+# each is one more call per unit.
+WHEN_FAILED = frozenset({"Result"})
 TYPES = ("service", "socket", "target", "timer", "mount", "automount", "swap", "path", "slice",
          "scope", "device")
 VERBS = {"start": b"StartUnit", "restart": b"RestartUnit", "stop": b"StopUnit",
@@ -215,7 +218,8 @@ def manager() -> Iterator[Manager]:
 def show(units: list[str], properties: tuple[str, ...] = PROPERTIES) -> dict[str, dict[str, str]]:
     """`properties` of each unit, by unit name, over one connection. A unit systemd does not
     know still gets an answer (LoadState=not-found, ActiveState=inactive), so every name is a
-    key; a property the unit's type lacks is left out, as systemctl show leaves it out."""
+    key; a property the unit's type lacks is left out, as systemctl show leaves it out, and
+    so is the Result of a unit that has not failed."""
     if not units:
         return {}
     with manager() as systemd:
@@ -224,7 +228,9 @@ def show(units: list[str], properties: tuple[str, ...] = PROPERTIES) -> dict[str
         for unit, row in zip(units, systemd.list_units(units), strict=True):
             values = dict(zip(LISTED, row, strict=True))
             for prop in properties:
-                if prop not in values and (value := systemd.get(unit, prop)) is not None:
+                if prop in values or (prop in WHEN_FAILED and values["ActiveState"] != "failed"):
+                    continue
+                if (value := systemd.get(unit, prop)) is not None:
                     values[prop] = value
             states[unit] = {prop: values[prop] for prop in properties if prop in values}
     return states

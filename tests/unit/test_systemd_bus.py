@@ -43,8 +43,9 @@ def test_show_answers_every_unit_over_one_connection(fake: FakeSystemd) -> None:
     assert states == {
         INSTANCE: {"Id": INSTANCE, "LoadState": "loaded", "ActiveState": "failed",
                    "SubState": "failed", "Result": "exit-code"},
+        # Result is asked of failed units only: for the others it says nothing.
         "nope.service": {"Id": "nope.service", "LoadState": "not-found",
-                         "ActiveState": "inactive", "SubState": "dead", "Result": "success"},
+                         "ActiveState": "inactive", "SubState": "dead"},
         # A target has no Result: left out, as systemctl show leaves it out.
         "multi-user.target": {"Id": "multi-user.target", "LoadState": "loaded",
                               "ActiveState": "inactive", "SubState": "dead"}}
