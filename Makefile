@@ -41,11 +41,13 @@ repo: $(DEB)
 demo: deps deb
 	$(PYTHON) tests/demo.py
 
+# Figures go to build/bench/*.json; BENCH_BASELINE=TREE (a worktree of main, say) also measures
+# that tree's proxy and DNS responder in the same turns.
 bench: deps deb
 	tools/bench-generator
 	tools/bench-start
-	tools/bench-proxy
-	tools/bench-dns
+	tools/bench-proxy $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
+	tools/bench-dns $(if $(BENCH_BASELINE),--baseline $(BENCH_BASELINE))
 
 clean:
 	rm -rf build dist .pytest_cache

@@ -155,15 +155,22 @@ class Resolver:
     async def _peer(self, label: str, host: str) -> list[Address]:
         return peer_addresses(await self.status(), label, host)
 
+    def fresh_status(self) -> dict[str, Any] | None:
+        """The cached status while it is fresh (a new fetch gives a new object); None when
+        tailscaled would have to be asked."""
+        if self._clock() >= self._status_until or not isinstance(self._status, dict):
+            return None
+        return self._status
+
     def peer_now(self, host: str) -> list[Address] | None:
         """The addresses of the node ``host`` (``label.SUFFIX``) from the cached status while
         it is fresh; None when tailscaled would have to be asked. For the DNS hot path."""
-        if self._clock() >= self._status_until or not isinstance(self._status, dict):
+        if (status := self.fresh_status()) is None:
             return None
         labels = self._under_suffix(normalize(host))
         if labels is None or len(labels) != 1:
             return None
-        return peer_addresses(self._status, labels[0], host)
+        return peer_addresses(status, labels[0], host)
 
     async def status(self) -> dict[str, Any]:
         """tailscaled's status, at most ``status_ttl`` seconds old; ResolverDown if none."""

@@ -9,9 +9,12 @@ from pathlib import Path
 import dnslib  # type: ignore[import-untyped]
 import pytest
 from dns_harness import DNS, MANY, STATUS, ask, query, raw_query, responder, semantic
-from fake_localapi import FakeLocalAPI
+from fake_localapi import FakeLocalAPI, make_node, make_status
 
 from tsproxy.dns.answer import Responder
+from tsproxy.dns.zones import Zone, Zones
+from tsproxy.localapi import LocalAPI
+from tsproxy.names import STATUS_TTL, Resolver
 
 pytestmark = pytest.mark.unit
 
@@ -289,3 +292,33 @@ def test_peers_take_the_fast_path_only_while_the_status_is_fresh(
     for _ in range(100):
         dns.answer_now(query("web.fgpu"))
     assert fakes[0].count("status") == requests
+
+
+def test_fast_peer_answers_last_as_long_as_their_status(tmp_path: Path) -> None:
+    """Remembered per status: a peer that moves or joins is answered anew after the next
+    fetch, and nothing is answered from a stale status."""
+    now = [0.0]
+    with FakeLocalAPI(tmp_path / "fgpu.sock", STATUS) as fake:
+        resolver = Resolver("fgpu", LocalAPI(fake.socket_path), clock=lambda: now[0])
+        dns = Responder(Zones([Zone("fgpu", "fgpu", (), resolver)]))
+
+        def fast(name: str) -> tuple[str, list[str]]:
+            reply = dns.answer_now(query(name))
+            assert reply is not None
+            record = dnslib.DNSRecord.parse(reply)
+            return rcode(record), data(record)
+
+        answer(dns, "web.fgpu")  # fetches the status
+        for _ in range(2):  # built, then remembered
+            assert fast("web.fgpu") == ("NOERROR", ["100.64.0.42"])
+            assert fast("newcomer.fgpu") == ("NXDOMAIN", [])
+        fake.status = make_status("gw", ["100.64.0.1"], peers=[
+            make_node("web", ["100.64.0.99"]), make_node("newcomer", ["100.64.0.7"])])
+        assert fast("web.fgpu") == ("NOERROR", ["100.64.0.42"])  # the status is still fresh
+        now[0] += STATUS_TTL
+        assert dns.answer_now(query("web.fgpu")) is None  # stale: tailscaled is asked
+        assert dns.answer_now(query("newcomer.fgpu")) is None
+        answer(dns, "web.fgpu")
+        assert fast("web.fgpu") == ("NOERROR", ["100.64.0.99"])
+        assert fast("newcomer.fgpu") == ("NOERROR", ["100.64.0.7"])
+        answer(dns, "newcomer.fgpu")  # and the full path agrees (`ask` compares)

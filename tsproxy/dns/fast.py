@@ -2,9 +2,11 @@
 
 ``10.100.10.141.fgpu`` means 10.100.10.141 and ``x.y.fgpu`` nothing, forever, so such answers
 (addresses, NODATA, NXDOMAIN) are built here by hand in a few microseconds, and remembered by
-the question's exact bytes (case included, so 0x20 randomization is echoed as sent). Peer
-names are answered here too while the resolver's copy of tailscaled's status is fresh, and
-never remembered.
+the query's exact bytes but its ID (case included, so 0x20 randomization is echoed as sent):
+a repeated query costs one lookup. Peer names (and single labels no peer has: NXDOMAIN) are
+answered here too while the resolver's copy of tailscaled's status is fresh, and remembered
+with the status they came from: a fetched status is a new object, so the next fetch forgets
+them all at once.
 
 Anything else, or anything unusual about the message (EDNS other than version 0, extra
 records, compression in the question, trailing bytes), returns None and goes to answer.py,
@@ -15,10 +17,11 @@ fuzz tests feed this parser arbitrary bytes.
 from __future__ import annotations
 
 import struct
+from typing import TypeVar
 
 from tsproxy_generator.addresses import Address
 
-from ..names import NameNotFound, ResolveError
+from ..names import NameNotFound, ResolveError, Resolver
 from .protocol import (
     CLASS_IN,
     FLAG_AA,
@@ -38,6 +41,11 @@ from .zones import Zones, empty_non_terminal
 
 OPT_RECORD = b"\0" + struct.pack("!HHIH", TYPE_OPT, UDP_PAYLOAD, 0, 0)
 CACHE_SIZE = 65536
+T = TypeVar("T")
+
+Answer = tuple[int, bytes, bytes]  # RCODE, counts, the rest of the reply
+# What a peer's answer was built from: it holds while that resolver's fresh status is this one.
+Basis = tuple[Resolver, dict[str, object]]
 
 
 class FastPath:
@@ -45,10 +53,20 @@ class FastPath:
 
     def __init__(self, zones: Zones) -> None:
         self.zones = zones
-        # question + ARCOUNT -> RCODE, counts, the rest of the reply
-        self._bodies: dict[bytes, tuple[int, bytes, bytes]] = {}
+        # The whole query but its ID -> the whole reply but its ID: a repeated query costs
+        # one lookup. Answers that hold forever, and peers' with their basis.
+        self._replies: dict[bytes, bytes] = {}
+        self._peer_replies: dict[bytes, tuple[Basis, bytes]] = {}
+        self._statuses: dict[Resolver, object] = {}  # the status each resolver's peers are from
 
     def answer(self, query: bytes) -> bytes | None:
+        rest = query[2:]
+        if (known := self._replies.get(rest)) is not None:
+            return query[:2] + known
+        if (peer := self._peer_replies.get(rest)) is not None:
+            (resolver, status), reply = peer
+            if resolver.fresh_status() is status:
+                return query[:2] + reply
         if len(query) < 17 or query[2] & 0xF8 or query[4:10] != b"\0\1\0\0\0\0":
             return None  # a response, an opcode other than QUERY, or not one lone question
         end = question_end(query)
@@ -60,22 +78,27 @@ class FastPath:
                 return None
         elif additional != b"\0\1" or not plain_opt(query, end):
             return None
-        key = query[12:end] + additional
-        if (cached := self._bodies.get(key)) is None:
-            if (built := self._build(query, end, additional == b"\0\1")) is None:
-                return None
-            permanent, cached = built
-            if permanent:
-                if len(self._bodies) >= CACHE_SIZE:
-                    self._bodies.clear()
-                self._bodies[key] = cached
-        rcode, counts, body = cached
+        if (built := self._build(query, end, additional == b"\0\1")) is None:
+            return None
+        basis, (rcode, counts, body) = built
         flags = bytes((FLAG_QR | FLAG_AA | (query[2] & FLAG_RD), (query[3] & FLAG_CD) | rcode))
-        return query[:2] + flags + counts + body
+        reply = flags + counts + body
+        if basis is None:
+            remember(self._replies, rest, reply)
+        else:
+            self._remember_peer(rest, basis, reply)
+        return query[:2] + reply
 
-    def _build(self, query: bytes, end: int,
-               edns: bool) -> tuple[bool, tuple[int, bytes, bytes]] | None:
-        """Whether the answer holds forever, and its RCODE, counts and body."""
+    def _remember_peer(self, rest: bytes, basis: Basis, reply: bytes) -> None:
+        resolver, status = basis
+        if self._statuses.get(resolver, status) is not status:
+            # A newer status: what the older one said goes, so no old status stays referenced.
+            self._peer_replies.clear()
+        self._statuses[resolver] = status
+        remember(self._peer_replies, rest, (basis, reply))
+
+    def _build(self, query: bytes, end: int, edns: bool) -> tuple[Basis | None, Answer] | None:
+        """What the answer holds on (None: it holds forever), and the answer."""
         qtype = query[end - 4] << 8 | query[end - 3]
         if qtype not in (TYPE_A, TYPE_AAAA) or query[end - 2:end] != b"\0\1":
             return None
@@ -85,16 +108,19 @@ class FastPath:
         apex = self.zones.find(name)
         if apex is None:
             return None
-        rcode, ttl, permanent = NOERROR, TTL_EMBEDDED, True
+        rcode, ttl, basis = NOERROR, TTL_EMBEDDED, None
         relative = name[:-len(apex.name)].rstrip(".")
         addresses: list[Address] | None = []
+        resolver = apex.zone.resolver
         try:
             if relative:
-                addresses = apex.zone.resolver.resolve_now(name)
+                addresses = resolver.resolve_now(name)
                 if addresses is None:
-                    # A peer, while tailscaled's status is fresh: true for a moment only.
-                    ttl, permanent = TTL_PEER, False
-                    addresses = apex.zone.resolver.peer_now(name)
+                    # A peer, while tailscaled's status is fresh: true for that status only.
+                    if (status := resolver.fresh_status()) is None:
+                        return None
+                    ttl, basis = TTL_PEER, (resolver, status)
+                    addresses = resolver.peer_now(name)
         except NameNotFound:
             addresses = []
             if not empty_non_terminal(relative.split(".")):
@@ -111,7 +137,13 @@ class FastPath:
         authority = [] if records else [apex.soa]
         counts = struct.pack("!HHHH", 1, len(records), len(authority), int(edns))
         body = query[12:end] + b"".join(records + authority) + (OPT_RECORD if edns else b"")
-        return permanent, (rcode, counts, body)
+        return basis, (rcode, counts, body)
+
+
+def remember(cache: dict[bytes, T], key: bytes, value: T) -> None:
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()  # a flood of distinct names costs a refill, never unbounded memory
+    cache[key] = value
 
 
 def question_end(query: bytes) -> int:
