@@ -99,7 +99,7 @@ def test_migrate_from_the_hand_made_setup(booted_debian: Container, tailscale_de
                 "coredns-fgpu.service)")
     row = json.loads(c.run("tsproxy status --json fgpu", check=False).stdout)[0]
     assert row["problem"] == (f"{held}: systemctl disable --now expose-socks-tsFGPU.service, "
-                              "then systemctl restart tsproxy@fgpu (see tsproxy migrate fgpu)")
+                              "then systemctl restart tsproxy-socks@fgpu.socket (see tsproxy migrate fgpu)")
     assert row["dns_listen_held"] == f"{dns_held}: systemctl disable --now coredns-fgpu.service"
     doctor = c.run("tsproxy doctor fgpu", check=False)
     assert doctor.returncode == 3
