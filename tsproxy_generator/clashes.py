@@ -1,4 +1,5 @@
-"""Rules across confs: two tailnets never share a listen port, a DNS name or a veth subnet.
+"""Rules across confs: two tailnets never share a listen port (the proxy's, a forward's), a
+DNS name or a veth subnet.
 On the boot path: standard library only.
 """
 
@@ -35,10 +36,14 @@ class Claims:
                 theirs, other = owner
                 raise ConfigError(conf.path, key, f'"{name}" {_used_by(other)}' if theirs == name
                                   else f'"{name}" overlaps "{theirs}" of {_basename(other)}')
+        for forward, where in zip(conf.forwards, forwards(conf), strict=True):
+            if other := (_clash(where, self.proxy_ports) or _clash(where, self.dns_ports)):
+                raise ConfigError(conf.path, "forward", f'"{forward}": {where} {_used_by(other)}')
         if other := self.subnets.get(conf.veth_subnet):
             raise ConfigError(conf.path, "veth_subnet", f'"{conf.veth_subnet}" {_used_by(other)}; '
                                                         "set veth_subnet to a free /30")
-        self.proxy_ports.setdefault(conf.listen.port, []).append((conf.listen, conf))
+        for listen in (conf.listen, *forwards(conf)):
+            self.proxy_ports.setdefault(listen.port, []).append((listen, conf))
         if conf.dns_listen:
             self.dns_ports.setdefault(conf.dns_listen.port, []).append((conf.dns_listen, conf))
         for name in (conf.suffix, *conf.dns_domains):
@@ -53,6 +58,11 @@ class Claims:
             if claimed in self.names:
                 return claimed, self.names[claimed]
         return self.parents.get(name)
+
+
+def forwards(conf: TailnetConf) -> list[Listen]:
+    """Where the conf's forwards listen (a port is one conf's, whatever its protocol)."""
+    return [Listen(conf.listen.address, forward.port) for forward in conf.forwards]
 
 
 def _parents(name: str) -> list[str]:

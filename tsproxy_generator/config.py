@@ -17,7 +17,7 @@ from configobj import ConfigObj, ConfigObjError, DuplicateError, flatten_errors,
 from validate import Validator, VdtTypeError
 
 from .clashes import Claims
-from .model import ConfigError, Listen, TailnetConf
+from .model import ConfigError, Forward, Listen, TailnetConf
 from .paths import CONF_DIR
 from .values import CONFIGSPEC, DNS_PORT, VALIDATOR_CHECKS
 from .vocabulary import default_hostname
@@ -112,6 +112,9 @@ def load(path: str, root: str = "/") -> TailnetConf:
     for key in ("authkey_file", "users_file"):
         if key not in bad and (problem := _check_file(path, key, conf[key], root)):
             problems.append(problem)
+    if not bad & {"listen", "dns_listen", "forward"}:
+        problems += _forward_clashes(path, conf["forward"], conf["listen"],
+                                     _dns_listen(conf["dns_listen"], conf["listen"]))
     if bad_lines or problems:
         # Bad lines first, then keys in the order the file has them; missing ones last.
         line = {key: index for index, key in enumerate(conf.scalars + conf.sections)}
@@ -138,6 +141,7 @@ def load(path: str, root: str = "/") -> TailnetConf:
         max_connections_per_client=conf["max_connections_per_client"],
         dns_listen=_dns_listen(conf["dns_listen"], conf["listen"]),
         dns_domains=conf["dns_domains"],
+        forwards=conf["forward"],
     )
 
 
@@ -145,6 +149,23 @@ def _dns_listen(value: Listen | bool | None, listen: Listen) -> Listen | None:
     if value is None:
         return Listen(listen.address, DNS_PORT)
     return value if isinstance(value, Listen) else None
+
+
+def _forward_clashes(path: str, forwards: tuple[Forward, ...], listen: Listen,
+                     dns_listen: Listen | None) -> list[ConfigError]:
+    """A forward listens on the conf's listen address: never on the proxy's port (its UDP
+    side is the proxy's SOCKS5 UDP relay) nor the DNS responder's."""
+    problems = []
+    for forward in forwards:
+        if forward.port == listen.port:
+            problems.append(ConfigError(path, "forward", f'"{forward}": port {forward.port} is '
+                                                         "the proxy's own (listen)"))
+        elif dns_listen and forward.port == dns_listen.port and (
+                dns_listen.address == listen.address or dns_listen.address.is_unspecified
+                or listen.address.is_unspecified):
+            problems.append(ConfigError(path, "forward", f'"{forward}": port {forward.port} is '
+                                                         "the DNS responder's (dns_listen)"))
+    return problems
 
 
 def _check_file(path: str, key: str, name: str | None, root: str) -> ConfigError | None:

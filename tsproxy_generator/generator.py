@@ -13,6 +13,7 @@ import os
 import sys
 
 from . import paths, vocabulary
+from .addresses import endpoint
 from .config import conf_paths, load_all
 from .log import ERR, INFO, Log
 from .model import TailnetConf
@@ -74,7 +75,7 @@ def generate(conf: TailnetConf, out: Output) -> None:
     instance = unit(INSTANCE, name)
     out.drop_in(instance, conf.path, {})
     out.drop_in(unit(PROXY, name, ".socket"), conf.path,
-                {"Socket": [f"ListenStream={conf.listen}"]})
+                {"Socket": [f"ListenStream={conf.listen}", *forward_sockets(conf)]})
     args = " ".join(conf.tailscaled_args)
     out.drop_in(unit(TAILSCALED, name), conf.path,
                 {"Service": [f'Environment="TSPROXY_TAILSCALED_ARGS={escape(args)}"']})
@@ -84,6 +85,14 @@ def generate(conf: TailnetConf, out: Output) -> None:
         out.wants(instance, DNS_SOCKET)
     if conf.autostart:
         out.wants(ENABLED_BY, instance)
+
+
+def forward_sockets(conf: TailnetConf) -> list[str]:
+    """Each forward's socket on the conf's listen address, handed to the proxy with its own:
+    the proxy tells them apart by their local port and type."""
+    kinds = {"tcp": "ListenStream", "udp": "ListenDatagram"}
+    return [f"{kinds[forward.protocol]}={endpoint(conf.listen.address, forward.port)}"
+            for forward in conf.forwards]
 
 
 def generate_dns(confs: list[TailnetConf], conf_dir: str, out: Output) -> None:

@@ -42,6 +42,20 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """`forward = PORT[/tcp|/udp]=HOST:PORT`: the port on the conf's listen address, and the
+    target it reaches inside the tailnet (HOST a name, resolved at connect time, or an IP)."""
+
+    port: int
+    protocol: str  # "tcp" or "udp"
+    host: str
+    target_port: int
+
+    def __str__(self) -> str:
+        return f"{self.port}/{self.protocol}={endpoint(self.host, self.target_port)}"
+
+
+@dataclass(frozen=True)
 class TailnetConf:
     name: str
     path: str
@@ -64,6 +78,7 @@ class TailnetConf:
     # None: this tailnet's names are not served by the DNS responder.
     dns_listen: Listen | None
     dns_domains: tuple[str, ...]
+    forwards: tuple[Forward, ...] = ()
 
     @property
     def netns(self) -> str:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 from validate import ValidateError
 
-from .addresses import PUBLISHED_LABEL, Network
-from .model import Listen
+from .addresses import PUBLISHED_LABEL, Network, ip_literal, is_host_name
+from .model import Forward, Listen
 
 DNS_PORT = 53
 # tsproxy sets these itself, per instance.
@@ -39,6 +39,7 @@ max_connections = integer(min=1, max=1000000, default=20000)
 max_connections_per_client = integer(min=1, max=1000000, default=2000)
 dns_listen = dns_listen(default=None)
 dns_domains = domain_list(default=list())
+forward = forward_list(default=list())
 """.splitlines()
 
 
@@ -163,10 +164,35 @@ def check_identities(value: str | list[str]) -> tuple[str, ...]:
     return tuple(items)
 
 
+FORWARD_RE = re.compile(r"(\d+)(?:/(tcp|udp))?=(?:\[([0-9a-fA-F:.]+)\]|([^\s:\[\]]+)):(\d+)")
+
+
+def check_forward_list(value: str | list[str]) -> tuple[Forward, ...]:
+    forwards: dict[tuple[int, str], Forward] = {}
+    for item in _items(value):
+        match = FORWARD_RE.fullmatch(item)
+        if not match:
+            raise ValidateError(f'"{item}" is not PORT[/tcp|/udp]=HOST:PORT '
+                                "(IPv6 as [ADDR]:PORT)")
+        port, protocol, v6, host, target_port = match.groups()
+        host = v6 or host
+        for number in (port, target_port):
+            if not 1 <= int(number) <= 65535:
+                raise ValidateError(f'"{item}": port "{number}" is not in 1..65535')
+        if v6 and ip_literal(v6) is None or not v6 and not is_host_name(host):
+            raise ValidateError(f'"{item}": "{host}" is not a host name or IP address')
+        forward = Forward(int(port), protocol or "tcp", host, int(target_port))
+        if (key := (forward.port, forward.protocol)) in forwards:
+            raise ValidateError(f'"{item}": {forward.port}/{forward.protocol} is forwarded '
+                                f'already ("{forwards[key]}")')
+        forwards[key] = forward
+    return tuple(forwards.values())
+
+
 VALIDATOR_CHECKS = {
     "listen": check_listen, "suffix": check_suffix, "label": check_label,
     "abspath": check_abspath, "url": check_url, "subnet30": check_subnet30,
     "cidr_list": check_cidr_list, "tailscaled_args": check_tailscaled_args,
     "identities": check_identities, "dns_listen": check_dns_listen,
-    "domain_list": check_domain_list,
+    "domain_list": check_domain_list, "forward_list": check_forward_list,
 }

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tsproxy_generator.config import derived_subnet, load, load_all
-from tsproxy_generator.model import ConfigError, TailnetConf
+from tsproxy_generator.model import ConfigError, Forward, TailnetConf
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_only_listen_derives_everything_else(tmp_path: Path) -> None:
                                                        "127.0.0.0/8", "::1/128"])),
         users_file=None, allow_identities=(), identity_socket="/run/tailscale/tailscaled.sock",
         allow_egress=(), max_connections=20000, max_connections_per_client=2000,
-        dns_listen=conf.dns_listen, dns_domains=())
+        dns_listen=conf.dns_listen, dns_domains=(), forwards=())
     assert str(conf.listen) == "100.121.76.21:11080"
     assert str(conf.dns_listen) == "100.121.76.21:53"
     assert conf.netns == "ts-fgpu"
@@ -143,6 +143,18 @@ def test_dns_can_be_turned_off(tmp_path: Path) -> None:
     (LISTEN + "[a]\n[a]\n", "fgpu.conf: section [a] given twice (line 3)"),
     (LISTEN + "just words\n", "fgpu.conf: line 2: Invalid line ('just words') (matched as neither section nor keyword)"),
     (LISTEN + "suffix = $HOME\n", 'fgpu.conf: suffix: "$HOME" is not a DNS suffix (labels of a-z, 0-9 and -)'),
+    (LISTEN + "forward = 15432\n", 'fgpu.conf: forward: "15432" is not PORT[/tcp|/udp]=HOST:PORT (IPv6 as [ADDR]:PORT)'),
+    (LISTEN + "forward = 15432/sctp=db:5432\n", 'fgpu.conf: forward: "15432/sctp=db:5432" is not PORT[/tcp|/udp]=HOST:PORT (IPv6 as [ADDR]:PORT)'),
+    (LISTEN + "forward = 15432=fd7a::1:5432\n", 'fgpu.conf: forward: "15432=fd7a::1:5432" is not PORT[/tcp|/udp]=HOST:PORT (IPv6 as [ADDR]:PORT)'),
+    (LISTEN + "forward = 15432=[db]:5432\n", 'fgpu.conf: forward: "15432=[db]:5432": "db" is not a host name or IP address'),
+    (LISTEN + "forward = 0=db:5432\n", 'fgpu.conf: forward: "0=db:5432": port "0" is not in 1..65535'),
+    (LISTEN + "forward = 15432=db:65536\n", 'fgpu.conf: forward: "15432=db:65536": port "65536" is not in 1..65535'),
+    (LISTEN + "forward = 15432=[fd7a::1::2]:5432\n", 'fgpu.conf: forward: "15432=[fd7a::1::2]:5432": "fd7a::1::2" is not a host name or IP address'),
+    (LISTEN + "forward = 15432=db.é:5432\n", 'fgpu.conf: forward: "15432=db.é:5432": "db.é" is not a host name or IP address'),
+    (LISTEN + "forward = 15432=db:5432, 15432/tcp=pg:5432\n", 'fgpu.conf: forward: "15432/tcp=pg:5432": 15432/tcp is forwarded already ("15432/tcp=db:5432")'),
+    (LISTEN + "forward = 11080=db:5432\n", 'fgpu.conf: forward: "11080/tcp=db:5432": port 11080 is the proxy\'s own (listen)'),
+    (LISTEN + "forward = 11080/udp=db:53\n", 'fgpu.conf: forward: "11080/udp=db:53": port 11080 is the proxy\'s own (listen)'),
+    (LISTEN + "forward = 53/udp=100.64.0.2:53\n", 'fgpu.conf: forward: "53/udp=100.64.0.2:53": port 53 is the DNS responder\'s (dns_listen)'),
 ])
 def test_bad_values(tmp_path: Path, text: str, message: str) -> None:
     assert error_of(tmp_path, text) == message
@@ -197,8 +209,14 @@ def test_clashes_keep_the_earlier_file(tmp_path: Path) -> None:
     write(tmp_path, "j.conf", "listen = 100.121.76.21:11086\ndns_listen = 100.121.76.21:11080\n")
     write(tmp_path, "k.conf", "listen = 100.121.76.21:11087\ndns_listen = 0.0.0.0:53\n")
     write(tmp_path, "l.conf", "listen = 100.121.76.21:53\n")
+    # Forwards listen on their conf's listen address: a port there is one conf's.
+    write(tmp_path, "f.conf", "listen = 100.121.76.22:11080\nforward = 15432=db:5432\n")
+    write(tmp_path, "m.conf", "listen = 100.121.76.22:15432\n")
+    write(tmp_path, "n.conf", "listen = 100.121.76.21:11088\nforward = 11080/udp=db:53\n")
+    write(tmp_path, "o.conf", "listen = 0.0.0.0:11089\ndns_listen = no\nforward = 15432=pg:5432\n")
+    write(tmp_path, "p.conf", "listen = 100.121.76.21:11090\nforward = 15432=pg:5432\n")
     good, errors = load_all(sorted(str(p) for p in tmp_path.glob("*.conf")))
-    assert [c.name for c in good] == ["a", "f", "g"]
+    assert [c.name for c in good] == ["a", "f", "g", "p"]
     # Every DNS listen on 100.121.76.21:53 is one shared socket, no clash.
     assert {str(c.dns_listen) for c in good} == {"100.121.76.21:53", "100.121.76.22:53"}
     assert [str(e).replace(f"{tmp_path}/", "") for e in errors] == [
@@ -212,6 +230,9 @@ def test_clashes_keep_the_earlier_file(tmp_path: Path) -> None:
         'j.conf: dns_listen: "100.121.76.21:11080" is already used by a.conf',
         'k.conf: dns_listen: "0.0.0.0:53" is already used by a.conf',
         'l.conf: listen: "100.121.76.21:53" is already used by a.conf',
+        'm.conf: listen: "100.121.76.22:15432" is already used by f.conf',
+        'n.conf: forward: "11080/udp=db:53": 100.121.76.21:11080 is already used by a.conf',
+        'o.conf: forward: "15432/tcp=pg:5432": 0.0.0.0:15432 is already used by f.conf',
     ]
 
 
@@ -288,3 +309,16 @@ def test_tsproxy_check_names_every_problem_one_line_each(tmp_path: Path) -> None
         'work.conf: autostart: "maybe" is not a boolean (yes or no)',
         "work.conf: socks: unknown key (see tsproxy.d(5))",
     ]
+
+
+def test_forwards(tmp_path: Path) -> None:
+    conf = load(write(tmp_path, "fgpu.conf", LISTEN + "forward = 15432=db.fgpu:5432, "
+                      "13389=[fd7a:115c:a1e0::7]:3389, 5353/udp=100.64.0.2:53, 5353/tcp=dns:53\n"))
+    assert conf.forwards == (Forward(15432, "tcp", "db.fgpu", 5432),
+                             Forward(13389, "tcp", "fd7a:115c:a1e0::7", 3389),
+                             Forward(5353, "udp", "100.64.0.2", 53),
+                             Forward(5353, "tcp", "dns", 53))
+    assert str(conf.forwards[1]) == "13389/tcp=[fd7a:115c:a1e0::7]:3389"
+    # Without a DNS responder, its port is free for a forward.
+    conf = load(write(tmp_path, "fgpu.conf", LISTEN + "dns_listen = no\nforward = 53/udp=dns:53\n"))
+    assert conf.forwards == (Forward(53, "udp", "dns", 53),)
