@@ -51,8 +51,12 @@ class Forward:
     host: str
     target_port: int
 
+    @property
+    def target(self) -> str:
+        return endpoint(self.host, self.target_port)
+
     def __str__(self) -> str:
-        return f"{self.port}/{self.protocol}={endpoint(self.host, self.target_port)}"
+        return f"{self.port}/{self.protocol}={self.target}"
 
 
 @dataclass(frozen=True)

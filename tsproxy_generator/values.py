@@ -179,7 +179,7 @@ def check_forward_list(value: str | list[str]) -> tuple[Forward, ...]:
         for number in (port, target_port):
             if not 1 <= int(number) <= 65535:
                 raise ValidateError(f'"{item}": port "{number}" is not in 1..65535')
-        if v6 and ip_literal(v6) is None or not v6 and not is_host_name(host):
+        if not (ip_literal(v6) if v6 else is_host_name(host)):
             raise ValidateError(f'"{item}": "{host}" is not a host name or IP address')
         forward = Forward(int(port), protocol or "tcp", host, int(target_port))
         if (key := (forward.port, forward.protocol)) in forwards:

@@ -19,7 +19,7 @@ HERE = Path(__file__).parent / "client"
 CONFS = HERE / "confs"  # fgpu (100.121.76.21), lab (0.0.0.0, DNS on 5353), v6 (no DNS)
 REPO = HERE.parents[2]
 GATEWAY = "100.121.76.21"
-FORMS = ["macos", "linux", "ssh", "firefox", "env", "pac"]
+FORMS = ["macos", "linux", "ssh", "firefox", "env", "pac", "forwards"]
 FGPU_PROXY = "nc -X 5 -x 100.121.76.21:11080 %h %p"
 LAB_PROXY = "nc -X 5 -x 100.121.76.21:1081 %h %p"
 

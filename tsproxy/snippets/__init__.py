@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import jinja2
 
 from tsproxy_generator.addresses import Address
-from tsproxy_generator.model import Listen, TailnetConf
+from tsproxy_generator.model import Forward, Listen, TailnetConf
 from tsproxy_generator.values import DNS_PORT
 
 from .. import pac
@@ -28,8 +28,33 @@ FORMS = {
     "firefox": "Firefox: user.js",
     "env": "shell (bash, zsh): one command through a tailnet",
     "pac": "the PAC file (every proxy serves it at /proxy.pac)",
+    "forwards": "forwards: what programs without proxy support connect to",
+}
+# How people usually point a client at a forward, by the target's well-known port.
+FORWARD_EXAMPLES = {
+    ("tcp", 22): "ssh -p {port} USER@{address}",
+    ("tcp", 3306): "mysql -h {address} -P {port}",
+    ("tcp", 3389): "open 'rdp://full%20address=s:{endpoint}'",
+    ("tcp", 5432): "psql -h {address} -p {port}",
+    ("tcp", 5900): "open vnc://{endpoint}",
+    ("tcp", 6379): "redis-cli -h {address} -p {port}",
+    ("udp", 53): "dig @{address} -p {port} NAME",
+    ("tcp", 53): "dig +tcp @{address} -p {port} NAME",
 }
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A forward as a client reaches it."""
+    at: Listen  # where the client connects
+    forward: Forward
+
+    @property
+    def example(self) -> str | None:
+        example = FORWARD_EXAMPLES.get((self.forward.protocol, self.forward.target_port))
+        return example.format(address=self.at.address, port=self.at.port,
+                              endpoint=self.at) if example else None
 
 
 @dataclass(frozen=True)
@@ -39,6 +64,7 @@ class Client:
     domains: tuple[str, ...]  # its suffix, then its dns_domains
     proxy: Listen
     dns: Listen | None  # None: the conf says dns_listen = no
+    forwards: tuple[Forwarded, ...] = ()
 
     @property
     def dns_server(self) -> str:
@@ -59,7 +85,9 @@ def clients(confs: Iterable[TailnetConf], gateway: Address | None) -> list[Clien
         proxy = _reach(conf.name, "listen", conf.listen, gateway)
         dns = _reach(conf.name, "dns_listen", conf.dns_listen, gateway) \
             if conf.dns_listen else None
-        found.append(Client(conf.name, (conf.suffix, *conf.dns_domains), proxy, dns))
+        forwards = tuple(Forwarded(Listen(proxy.address, forward.port), forward)
+                         for forward in conf.forwards)
+        found.append(Client(conf.name, (conf.suffix, *conf.dns_domains), proxy, dns, forwards))
     return found
 
 
