@@ -153,10 +153,7 @@ class Dialer:
     async def dial(self, addresses: Sequence[Address], port: int) -> socket.socket:
         """A connected non-blocking socket to the first address that answers; DialError with
         the reply for the client otherwise (the first address's error when all fail)."""
-        routed = [address for address in addresses if self.routes.covers(address)]
-        if not routed:
-            why = self.routes.error or f"no route through {self.device.decode()}"
-            raise DialError(Reply.NETWORK_UNREACHABLE, f"{addresses[0]}: {why}")
+        routed = self._routed(addresses)
         first: DialError | None = None
         deadline = None
         for address in routed:
@@ -188,15 +185,37 @@ class Dialer:
         assert first is not None
         raise first
 
-    def _socket(self, address: Address) -> socket.socket:
+    def _routed(self, addresses: Sequence[Address]) -> list[Address]:
+        routed = [address for address in addresses if self.routes.covers(address)]
+        if not routed:
+            why = self.routes.error or f"no route through {self.device.decode()}"
+            raise DialError(Reply.NETWORK_UNREACHABLE, f"{addresses[0]}: {why}")
+        return routed
+
+    def datagram(self, addresses: Sequence[Address], port: int) -> socket.socket:
+        """A datagram socket connected to the first routed address (connecting a UDP socket
+        sends nothing: it only fixes the peer, so answers from anyone else are dropped)."""
+        routed = self._routed(addresses)
+        sock = self._socket(routed[0], socket.SOCK_DGRAM)
+        try:
+            sock.connect((str(routed[0]), port))
+        except OSError as error:
+            sock.close()
+            raise DialError(DIAL_ERRORS.get(error.errno or 0, Reply.GENERAL_FAILURE),
+                            f"{routed[0]} port {port}: {error.strerror}") from None
+        return sock
+
+    def _socket(self, address: Address,
+                kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)
         except OSError as error:  # EMFILE and friends: the proxy's trouble, not the host's
             raise DialError(Reply.GENERAL_FAILURE, f"socket: {error.strerror}") from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.device)
-            tune(sock)
+            if kind == socket.SOCK_STREAM:
+                tune(sock)
         except OSError as error:
             sock.close()
             raise DialError(DIAL_ERRORS.get(error.errno or 0, Reply.GENERAL_FAILURE),

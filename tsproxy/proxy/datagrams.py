@@ -1,0 +1,211 @@
+"""UDP forwards (`forward = 5353/udp=HOST:PORT`): datagrams that clients send to a socket in
+the host's namespace go to one target inside the tailnet, and the target's answers come back.
+
+Each client (address and port) gets an association: a socket of its own inside the
+namespace, bound to tailscale0 and connected to the target as the proxy's TCP dials are,
+so the target's answers reach that socket alone and go back to that client. A client's
+first datagram is judged as a connection is (the caps, allow_clients, allow_identities),
+the target's name resolved then and the address held to the egress policy. The association
+lives until IDLE_TIMEOUT seconds pass without a datagram either way, and ends in one log
+line and one counter, as a connection does; a refused client's association stays until it
+is idle too, so that a stream of its datagrams costs one log line, not one each. Datagrams
+that arrive while the first is being judged wait, up to PENDING_MAX of them; UDP promises
+no delivery, so what does not fit (a full queue, a full socket buffer) is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Sequence
+
+from tsproxy_generator.addresses import Address, endpoint, ip_literal
+from tsproxy_generator.model import Forward
+
+from ..names import NameNotFound, ResolveError, Resolver
+from . import limits
+from .access import ClientNetworks, Identities
+from .egress import DialError, Policy
+from .relay import IDLE
+from .server import client_host
+from .stats import Log, Record, Stats
+
+IDLE_TIMEOUT = 120.0  # as long as conntrack keeps a UDP flow that has seen answers
+SWEEP_EVERY = 5.0
+PENDING_MAX = 16
+DATAGRAM_MAX = 65535
+BATCH = 64  # datagrams taken per wakeup, so one busy client cannot starve the others
+
+# A connected datagram socket to the first address that is routed, or DialError.
+DialDatagram = Callable[[Sequence[Address], int], socket.socket]
+Refusal = tuple[str, str]  # (counter, reason for the log)
+
+
+class Association:
+    __slots__ = ("client", "host", "last", "over_cap", "pending", "record", "upstream")
+
+    def __init__(self, client: tuple[str, int], host: str, record: Record, now: float) -> None:
+        self.client, self.host, self.record, self.last = client, host, record, now
+        self.upstream: socket.socket | None = None
+        self.pending: list[bytes] | None = []  # None: refused, its datagrams dropped
+        self.over_cap: str | None = None
+
+
+class UdpForward:
+    """One forward's client-facing datagram socket and its associations."""
+
+    def __init__(self, sock: socket.socket, forward: Forward, *, resolver: Resolver,
+                 dial: DialDatagram, policy: Policy, networks: ClientNetworks,
+                 identities: Identities | None, caps: limits.Limits, stats: Stats, log: Log,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.sock, self.forward = sock, forward
+        self.resolver, self.dial, self.policy = resolver, dial, policy
+        self.networks, self.identities, self.caps = networks, identities, caps
+        self.stats, self.log, self.idle_timeout = stats, log, idle_timeout
+        self.associations: dict[tuple[str, int], Association] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self) -> None:
+        """Relay until cancelled; then every association ends ("proxy shutting down")."""
+        self._loop = loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._receive)
+        try:
+            while True:
+                await asyncio.sleep(SWEEP_EVERY)
+                self._sweep()
+        finally:
+            loop.remove_reader(self.sock.fileno())
+            for task in list(self._tasks):
+                task.cancel()
+            for association in list(self.associations.values()):
+                association.record.end("shutdown", "proxy shutting down")
+                self._close(association)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "not serving"
+        return self._loop
+
+    # -- from clients ------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        for _ in range(BATCH):
+            try:
+                data, client = self.sock.recvfrom(DATAGRAM_MAX)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # an error queued for an earlier datagram; this socket goes on
+            key = client[:2]
+            association = self.associations.get(key)
+            if association is None:
+                if len(self.associations) >= self.caps.total_max + limits.REFUSING_MAX:
+                    self.stats.ended["dropped"] = self.stats.ended.get("dropped", 0) + 1
+                    continue  # a flood of new clients beyond the caps: not even a log line
+                association = self._start(key)
+            association.last = self.loop.time()
+            if association.upstream is not None:
+                self._send_up(association, data)
+            elif association.pending is not None and len(association.pending) < PENDING_MAX:
+                association.pending.append(data)
+
+    def _start(self, client: tuple[str, int]) -> Association:
+        host = client_host(client[0])
+        record = Record(endpoint(host, client[1]), self.loop.time())
+        record.protocol, record.target = "udp", self.forward.target
+        association = self.associations[client] = Association(client, host, record,
+                                                              self.loop.time())
+        association.over_cap = self.caps.admit(host)
+        self.stats.opened()
+        task = self.loop.create_task(self._open(association))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return association
+
+    async def _open(self, association: Association) -> None:
+        record = association.record
+        refusal = await self._refusal(association) or await self._connect(association)
+        if refusal is None:
+            record.end(IDLE, f"idle {self.idle_timeout:g} s")
+            for data in association.pending or ():
+                self._send_up(association, data)
+            association.pending = []
+        else:
+            kind, reason = refusal
+            record.end(f"refused: {kind}", f"refused: {reason}")
+            association.pending = None
+
+    async def _refusal(self, association: Association) -> Refusal | None:
+        if association.over_cap is not None:
+            return ("caps", association.over_cap)
+        if not self.networks.allows(association.host):
+            return ("client", "client address not in allow_clients")
+        if self.identities is not None:
+            identity = await self.identities.check(association.host)
+            association.record.identity = identity.name
+            if not identity.allowed:
+                return ("identity", identity.reason)
+        return None
+
+    async def _connect(self, association: Association) -> Refusal | None:
+        """The target resolved, judged and dialed, as the proxy does for a connection."""
+        host, port = self.forward.host, self.forward.target_port
+        literal = ip_literal(host)
+        try:
+            addresses = [literal] if literal else (self.resolver.resolve_now(host) or
+                                                   await self.resolver.resolve(host))
+        except (NameNotFound, ResolveError) as error:
+            return ("name", str(error))
+        allowed = [address for address in addresses if not self.policy.refuses(address)]
+        if not allowed:
+            return ("egress", f"egress to {addresses[0]} is not allowed (see allow_egress)")
+        try:
+            upstream = association.upstream = self.dial(allowed, port)
+        except DialError as error:
+            return ("dial", f"dial failed: {error.reason}")
+        association.record.address = endpoint(*upstream.getpeername()[:2])
+        self.loop.add_reader(upstream.fileno(), self._answer, association)
+        return None
+
+    def _send_up(self, association: Association, data: bytes) -> None:
+        assert association.upstream is not None
+        with contextlib.suppress(OSError):  # a full buffer, or the target's port closed
+            association.upstream.send(data)
+            association.record.up += len(data)
+
+    # -- from the target ---------------------------------------------------------------------
+
+    def _answer(self, association: Association) -> None:
+        assert association.upstream is not None
+        for _ in range(BATCH):
+            try:
+                data = association.upstream.recv(DATAGRAM_MAX)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # ICMP port unreachable, reported here: the next one may be answered
+            association.last = self.loop.time()
+            with contextlib.suppress(OSError):
+                self.sock.sendto(data, association.client)
+                association.record.down += len(data)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        idle_since = self.loop.time() - self.idle_timeout
+        for association in [a for a in self.associations.values() if a.last < idle_since]:
+            self._close(association)
+
+    def _close(self, association: Association) -> None:
+        del self.associations[association.client]
+        if association.upstream is not None:
+            self.loop.remove_reader(association.upstream.fileno())
+            association.upstream.close()
+        if association.over_cap is None:
+            self.caps.release(association.host)
+        self.stats.closed(association.record)
+        self.log(association.record.line(self.loop.time()))
+
