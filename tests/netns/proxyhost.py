@@ -145,19 +145,29 @@ class ProxyWorld:
 
     # -- the proxy -------------------------------------------------------------------------
 
-    def start_proxy(self, conf: str = "", *args: str, wrapper: tuple[str, ...] = ()) -> None:
+    def start_proxy(self, conf: str = "", *args: str, wrapper: tuple[str, ...] = (),
+                    forwards: tuple[str, ...] = ()) -> None:
         """Socket-activate `tsproxy proxy fgpu` with the conf's extra lines `conf`; `wrapper`
-        (e.g. prlimit) runs between systemd-socket-activate and the proxy, exec'ing too."""
+        (e.g. prlimit) runs between systemd-socket-activate and the proxy, exec'ing too.
+        `forwards` ("PORT/tcp", "PORT/udp"): the forwards' sockets too, on the proxy's
+        address, handed over at once by activate.py (systemd-socket-activate cannot mix
+        stream and datagram sockets)."""
         self.stop_proxy()
         (self.fake.conf_dir / f"{NAME}.conf").write_text(
             f"listen = {PROXY}\nveth_subnet = {VETH_SUBNET}\n{conf}")
         self.log_path.write_bytes(b"")
         self.stats_path.unlink(missing_ok=True)
+        activate = ["systemd-socket-activate", "-l", PROXY]
+        if forwards:
+            activate = [sys.executable, str(HERE / "activate.py"), "-l", PROXY]
+            for forward in forwards:
+                port, _, protocol = forward.partition("/")
+                activate += ["-l" if protocol == "tcp" else "-d", f"{PROXY_IP}:{port}"]
         command = [
             "nsenter", f"--target={self.fake.holder.pid}", "--net", "--mount", "--",
-            "timeout", "300", "systemd-socket-activate", "-l", PROXY,
+            "timeout", "300", *activate,
             "-E", f"PYTHONPATH={REPO}", "-E", f"TSPROXY_CONF_DIR={self.fake.conf_dir}",
-            "-E", "PYTHONDONTWRITEBYTECODE=1", *wrapper,
+            "-E", "PYTHONDONTWRITEBYTECODE=1", *(["--"] if forwards else []), *wrapper,
             "nsenter", f"--net=/run/netns/{GATEWAY}", "--",
             sys.executable, "-m", "tsproxy", "proxy", NAME, "--stats", str(self.stats_path),
             *args]

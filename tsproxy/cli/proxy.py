@@ -2,9 +2,11 @@
 
 Under systemd (tsproxy-socks@NAME.service) the listening socket comes from
 tsproxy-socks@NAME.socket, made in the host's namespace, while this process runs inside the
-instance's namespace: every outbound connection leaves from there. For tests and
-benchmarks it also runs standalone: `--listen IP:PORT` binds its own socket, `--conf PATH`
-reads a conf from anywhere.
+instance's namespace: every outbound connection leaves from there. The same socket unit
+holds the conf's forwards, one socket each after the proxy's own; they are told apart by
+their port and type. For tests and benchmarks it also runs standalone: `--listen IP:PORT`
+binds its own socket (and the forwards' on the same IP), `--conf PATH` reads a conf from
+anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import socket
 
 from tsproxy_generator.config import load
-from tsproxy_generator.model import ConfigError
+from tsproxy_generator.model import ConfigError, Listen, TailnetConf
 
 from ..activation import bind, inherited_sockets, parse_listen
 from ..errors import TsproxyError
@@ -23,6 +25,7 @@ from ..proxy import service
 from ..proxy.egress import DEVICE, DIAL_TIMEOUT
 from ..proxy.relay import IDLE_TIMEOUT
 from ..proxy.server import HANDSHAKE_TIMEOUT
+from ..proxy.stats import log_line
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
                                f"{args.name!r}")
     else:
         conf = get_instance(args.name)
-    listener = bind(parse_listen(args.listen)) if args.listen else inherited_listener()
+    if args.listen:
+        listen = parse_listen(args.listen)
+        listener, forwards = bind(listen), bound_forwards(conf, listen)
+    else:
+        listener, forwards = inherited(conf)
     stats = args.stats
     if stats is None and os.environ.get("RUNTIME_DIRECTORY"):
         # systemd made the directory (RuntimeDirectory=) and removes it when the unit stops.
@@ -65,17 +72,38 @@ def run(args: argparse.Namespace) -> int:
                               names_socket=args.names_socket,
                               handshake_timeout=args.handshake_timeout,
                               dial_timeout=args.dial_timeout, idle_timeout=args.idle_timeout)
-    return service.run(conf, listener, options)
+    return service.run(conf, listener, options, forwards)
 
 
-def inherited_listener() -> socket.socket:
-    """The one listening socket systemd passed (from tsproxy-socks@NAME.socket)."""
+KINDS = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+
+
+def inherited(conf: TailnetConf) -> tuple[socket.socket, service.Forwards]:
+    """The sockets systemd passed (from tsproxy-socks@NAME.socket): the proxy's listening
+    socket first, then the forwards' in any order."""
     sockets = inherited_sockets()
-    if len(sockets) != 1:
-        raise TsproxyError("proxy: expects one listening socket from systemd (run it through "
+    if not sockets:
+        raise TsproxyError("proxy: expects its listening socket from systemd (run it through "
                            "tsproxy-socks@NAME.socket) or --listen IP:PORT")
-    sock = sockets[0]
-    if sock.type != socket.SOCK_STREAM or sock.getsockopt(socket.SOL_SOCKET,
-                                                          socket.SO_ACCEPTCONN) != 1:
+    listener = sockets[0]
+    if listener.type != socket.SOCK_STREAM or listener.getsockopt(
+            socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
         raise TsproxyError("proxy: the socket from systemd is not a listening stream socket")
-    return sock
+    wanted = {(KINDS[f.protocol], f.port): f for f in conf.forwards}
+    forwards = []
+    for sock in sockets[1:]:
+        forward = wanted.pop((sock.type, sock.getsockname()[1]), None)
+        if forward is None:  # the socket unit is older or newer than the conf
+            raise TsproxyError(f"proxy: {conf.path} has no forward for the socket on "
+                               f"{sock.getsockname()[1]}: systemctl daemon-reload, then "
+                               f"systemctl restart tsproxy@{conf.name}")
+        forwards.append((sock, forward))
+    for forward in wanted.values():
+        log_line(f"{conf.name}: forward {forward} has no socket yet: systemctl "
+                 f"daemon-reload, then systemctl restart tsproxy@{conf.name}")
+    return listener, forwards
+
+
+def bound_forwards(conf: TailnetConf, listen: Listen) -> service.Forwards:
+    """Standalone: each forward's socket, on the --listen address."""
+    return [(bind(Listen(listen.address, f.port), KINDS[f.protocol]), f) for f in conf.forwards]

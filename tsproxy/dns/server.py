@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import resource
 import socket
 import sys
 from collections.abc import Callable
 
+from ..accepting import Acceptor
 from .answer import Responder
 
 BATCH = 64
@@ -36,9 +36,6 @@ MAX_TCP = 1024
 TCP_IDLE = 10.0  # seconds a TCP client may take to send its next message (or the rest of one)
 FD_RESERVE = 64  # descriptors kept for everything but TCP clients: sockets, LocalAPI calls
 FIRST_QUERY_WAIT = 1.0  # seconds a draining responder waits for a new client's first query
-ACCEPT_BATCH = 64
-ACCEPT_PAUSE = 0.1  # seconds without accepting when the process is out of descriptors
-OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class DnsServer:
@@ -56,15 +53,16 @@ class DnsServer:
         self._draining = False
         self.max_tcp = tcp_cap()
         self.dropped = 0
-        self._serving = False
+        self._acceptor = Acceptor([(sock, None) for sock in sockets
+                                   if sock.type == socket.SOCK_STREAM], self._take)
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
-            sock.setblocking(False)
-            reader = self._readable if sock.type == socket.SOCK_DGRAM else self._accept
-            loop.add_reader(sock.fileno(), reader, sock)
-        self._serving = True
+            if sock.type == socket.SOCK_DGRAM:
+                sock.setblocking(False)
+                loop.add_reader(sock.fileno(), self._readable, sock)
+        self._acceptor.start()
         try:
             await asyncio.Event().wait()
         finally:
@@ -75,10 +73,11 @@ class DnsServer:
     def _stop_reading(self) -> None:
         """No new query: datagrams and connections that arrive now stay queued in systemd's
         sockets (only this process stops reading them) for the next responder."""
-        self._serving = False
+        self._acceptor.stop()
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
-            loop.remove_reader(sock.fileno())
+            if sock.type == socket.SOCK_DGRAM:
+                loop.remove_reader(sock.fileno())
 
     async def drain(self, grace: float) -> None:
         """Answer the queries already read, for at most `grace` seconds, and read no more: a
@@ -94,29 +93,13 @@ class DnsServer:
         if busy:
             await asyncio.wait(busy, timeout=grace)
 
-    def _accept(self, listener: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, _peer = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as error:
-                if error.errno in OUT_OF_RESOURCES:
-                    loop = asyncio.get_running_loop()
-                    loop.remove_reader(listener.fileno())
-                    loop.call_later(ACCEPT_PAUSE, self._resume, listener)
-                    return
-                continue  # that one connection's trouble (ECONNABORTED, ...)
-            if len(self._tcp_clients) >= self.max_tcp:
-                sock.close()
-                continue
-            task = asyncio.ensure_future(self._tcp(sock))
-            self._tcp_clients.add(task)
-            task.add_done_callback(self._tcp_clients.discard)
-
-    def _resume(self, listener: socket.socket) -> None:
-        if self._serving:
-            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener)
+    def _take(self, sock: socket.socket, _peer: tuple[str, int], _tag: None) -> None:
+        if len(self._tcp_clients) >= self.max_tcp:
+            sock.close()
+            return
+        task = asyncio.ensure_future(self._tcp(sock))
+        self._tcp_clients.add(task)
+        task.add_done_callback(self._tcp_clients.discard)
 
     def _readable(self, sock: socket.socket) -> None:
         # The hot loop: names looked up once, the send's error handling inline.

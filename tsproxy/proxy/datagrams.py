@@ -77,12 +77,18 @@ class UdpForward:
                 await asyncio.sleep(SWEEP_EVERY)
                 self._sweep()
         finally:
-            loop.remove_reader(self.sock.fileno())
-            for task in list(self._tasks):
-                task.cancel()
-            for association in list(self.associations.values()):
+            self.stop()
+
+    def stop(self) -> None:
+        """Read nothing more (datagrams wait in systemd's socket for the next process) and
+        end every association."""
+        self.loop.remove_reader(self.sock.fileno())
+        for task in list(self._tasks):
+            task.cancel()
+        for association in list(self.associations.values()):
+            if association.pending is not None:  # a refused one keeps saying why
                 association.record.end("shutdown", "proxy shutting down")
-                self._close(association)
+            self._close(association)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -2,9 +2,8 @@
 
 The server owns raw non-blocking sockets: the handshake uses loop.sock_recv and plain sends
 and the relay splices between the sockets themselves, which asyncio's transports would
-forbid. Accepting is a reader callback on the listening socket that takes a batch of
-connections per wakeup; when the process runs out of descriptors (EMFILE) it pauses
-accepting for a moment and keeps serving what it has.
+forbid. Accepting is accepting.py's, in batches, resting a moment when the process runs out
+of descriptors.
 
 The path of a connection is kept short, because on a small machine the proxy's own CPU time
 per connection is what limits new connections per second: the event loop is looked up once
@@ -17,13 +16,16 @@ Every connection ends in exactly one log line and one counter (stats.Record).
 The one HTTP request the proxy answers itself, `GET /proxy.pac`, passes the same client
 checks as a tunnel except the login (browsers fetch their PAC without proxy credentials); the
 text comes from an injected function, given the address the request arrived on.
+
+A TCP forward (`forward = PORT=HOST:PORT`) is one more listening socket whose connections skip
+the handshake: the forward names the target, and the same checks, names, egress policy,
+caps, relay, log line and counters apply (no login: a forward cannot ask for one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import socket
 import traceback
@@ -31,8 +33,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
 from tsproxy_generator.addresses import Address, endpoint, ip_literal
-from tsproxy_generator.model import Listen
+from tsproxy_generator.model import Forward, Listen
 
+from .. import accepting
 from ..names import NameNotFound, ResolveError, Resolver
 from ..proto import (
     HttpConnectHandshake,
@@ -43,6 +46,7 @@ from ..proto import (
     pac_reply,
     sniff,
 )
+from ..proto.forward import ForwardHandshake
 from ..proto.http_connect import PAC_PATH
 from ..proto.http_response import response
 from . import limits
@@ -54,13 +58,10 @@ from .stats import Log, Record, Stats
 
 HANDSHAKE_TIMEOUT = 10.0
 RECV_SIZE = 16 * 1024  # a handshake is far smaller; more would just be payload
-ACCEPT_BATCH = 64  # connections taken per wakeup, so one busy listener cannot starve relays
-ACCEPT_PAUSE = 0.1  # seconds without accepting after EMFILE and friends
-OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 LOG_PAUSES_EVERY = 10.0  # seconds between "accepting paused" lines in a long shortage
 DRAIN_POLL = 0.05  # seconds between looks at the open connections while draining
 
-Handshake = Socks5Handshake | HttpConnectHandshake
+Handshake = Socks5Handshake | HttpConnectHandshake | ForwardHandshake
 Dial = Callable[[Sequence[Address], int], Awaitable[socket.socket]]
 # (SOCKS reply, HTTP status when not the reply's own, counter, reason for the log)
 Refusal = tuple[Reply, HTTPStatus | None, str, str]
@@ -73,8 +74,13 @@ class Server:
                  policy: Policy, networks: ClientNetworks, users: Users | None,
                  identities: Identities | None, caps: limits.Limits, stats: Stats,
                  pool: PipePool, log: Log, handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT, pac: PacSource | None = None) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, pac: PacSource | None = None,
+                 forwards: Sequence[tuple[socket.socket, Forward]] = ()) -> None:
         self.listener = listener
+        # Every listening socket, with the forward it serves (None: the proxy's own).
+        self.listeners: list[tuple[socket.socket, Forward | None]] = [(listener, None),
+                                                                      *forwards]
+        self._acceptor = accepting.Acceptor(self.listeners, self._take, self._paused)
         self.resolver, self.dial, self.policy = resolver, dial, policy
         self.networks, self.users, self.identities = networks, users, identities
         self.caps, self.stats, self.pool, self.log = caps, stats, pool, log
@@ -93,24 +99,24 @@ class Server:
 
     async def serve(self) -> None:
         """Accept and serve until cancelled; then every connection is closed."""
-        self._loop = loop = asyncio.get_running_loop()
-        self.listener.setblocking(False)
+        self._loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as group:
             self._group = group
-            loop.add_reader(self.listener.fileno(), self._accept)
+            self._acceptor.start()
             try:
-                await loop.create_future()  # forever: the work happens in callbacks and tasks
+                await self._loop.create_future()  # forever: the work is in callbacks and tasks
             finally:
                 self.stop_accepting()
 
     def stop_accepting(self) -> None:
-        """Take no new connection. Only this process's descriptor of the listening socket is
-        closed: systemd's stays open, so connections that arrive now wait in its backlog for
-        the next proxy (a restart on upgrade)."""
+        """Take no new connection. Only this process's descriptors of the listening sockets
+        are closed: systemd's stay open, so connections that arrive now wait in its backlog
+        for the next proxy (a restart on upgrade)."""
         if self._group is not None:
-            self.loop.remove_reader(self.listener.fileno())
             self._group = None
-            self.listener.close()
+            self._acceptor.stop()
+            for listener, _ in self.listeners:
+                listener.close()
 
     async def drain(self, grace: float) -> int:
         """Stop accepting and give the connections in flight up to `grace` seconds to end by
@@ -121,40 +127,21 @@ class Server:
             await asyncio.sleep(DRAIN_POLL)
         return self.stats.active
 
-    # -- accepting ---------------------------------------------------------------------------
+    def _take(self, sock: socket.socket, peer: tuple[str, int], forward: Forward | None) -> None:
+        assert self._group is not None
+        self._group.create_task(self._connection(sock, peer, forward))
 
-    def _accept(self) -> None:
-        group = self._group
-        assert group is not None
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, peer = self.listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as error:
-                if error.errno in OUT_OF_RESOURCES:
-                    self._pause(error)
-                    return
-                continue  # an error of that one connection (ECONNABORTED, EPROTO, ...)
-            group.create_task(self._connection(sock, peer))
-
-    def _pause(self, error: OSError) -> None:
-        loop = self.loop
-        loop.remove_reader(self.listener.fileno())
-        loop.call_later(ACCEPT_PAUSE, self._resume)
+    def _paused(self, error: OSError) -> None:
         self._pauses += 1
-        if loop.time() - self._paused_at >= LOG_PAUSES_EVERY:
-            self.log(f"accepting paused {self._pauses} time(s) for {ACCEPT_PAUSE:g} s: "
+        if self.loop.time() - self._paused_at >= LOG_PAUSES_EVERY:
+            self.log(f"accepting paused {self._pauses} time(s) for {accepting.PAUSE:g} s: "
                      f"{error.strerror} ({self.stats.active} connections open)")
-            self._paused_at, self._pauses = loop.time(), 0
-
-    def _resume(self) -> None:
-        if self._group is not None:
-            self.loop.add_reader(self.listener.fileno(), self._accept)
+            self._paused_at, self._pauses = self.loop.time(), 0
 
     # -- one connection ----------------------------------------------------------------------
 
-    async def _connection(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+    async def _connection(self, sock: socket.socket, peer: tuple[str, int],
+                          forward: Forward | None) -> None:
         loop = self.loop
         host = client_host(peer[0])
         record = Record(endpoint(host, peer[1]), loop.time())
@@ -165,7 +152,7 @@ class Server:
         self.stats.opened()
         try:
             sock.setblocking(False)
-            await self._serve(sock, host, record, over_cap)
+            await self._serve(sock, host, record, over_cap, forward)
         except asyncio.CancelledError:
             record.end("shutdown", "proxy shutting down")
             raise
@@ -197,7 +184,7 @@ class Server:
         self._dropped = 0
 
     async def _serve(self, sock: socket.socket, host: str, record: Record,
-                     over_cap: str | None) -> None:
+                     over_cap: str | None, forward: Forward | None) -> None:
         # Access is decided before the handshake, so a refused client is never asked for a
         # password: a login answer would tell it whether the password was right.
         denied = self._cap_refusal(over_cap) or self._network_refusal(host)
@@ -206,12 +193,17 @@ class Server:
             record.identity = identity.name
             if not identity.allowed:
                 denied = (Reply.NOT_ALLOWED, None, "identity", identity.reason)
-        # An empty users file still means "log in": then nobody can.
-        authenticate = (self.users.authenticate if self.users is not None and denied is None
-                        else None)
-        hs = await self._handshake(sock, record, authenticate)
-        if hs is None:
-            return
+        hs: Handshake | None
+        if forward is not None:
+            record.protocol = "forward"
+            hs = ForwardHandshake(forward)
+        else:
+            # An empty users file still means "log in": then nobody can.
+            authenticate = (self.users.authenticate if self.users is not None and
+                            denied is None else None)
+            hs = await self._handshake(sock, record, authenticate)
+            if hs is None:
+                return
         request = hs.event
         if isinstance(request, PacRequest):
             await self._serve_pac(sock, hs, request, record, denied)

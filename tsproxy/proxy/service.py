@@ -1,7 +1,9 @@
-"""One proxy process: builds the server from a conf and runs it until SIGTERM.
+"""One proxy process: builds the server from a conf and runs it until SIGTERM, with the
+relays of the conf's UDP forwards beside it.
 
 SIGTERM drains: no new connection is taken (they wait in systemd's socket for the next
 process), the ones in flight get DRAIN_GRACE seconds, then the rest are cut and it exits 0.
+UDP forwards stop at once: their datagrams wait for the next process too.
 
 SIGHUP re-reads the users file (a bad file keeps the old one and says why). The counters
 file is written every few seconds and once more on the way out.
@@ -15,10 +17,11 @@ import functools
 import resource
 import signal
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tsproxy_generator.addresses import endpoint
-from tsproxy_generator.model import Listen, TailnetConf
+from tsproxy_generator.model import Forward, Listen, TailnetConf
 
 from .. import pac
 from ..errors import TsproxyError
@@ -26,6 +29,7 @@ from ..instances import load_instances, tailscaled_socket
 from ..localapi import LocalAPI
 from ..names import Resolver
 from .access import ClientNetworks, Identities, Users
+from .datagrams import UdpForward
 from .egress import DEVICE, DIAL_TIMEOUT, Dialer, Policy, tune
 from .limits import Limits
 from .pipes import PipePool
@@ -76,7 +80,11 @@ def raise_fd_limit(wanted: int) -> int:
     return soft
 
 
-def build(conf: TailnetConf, listener: socket.socket, options: Options) -> Server:
+Forwards = Sequence[tuple[socket.socket, Forward]]  # each forward's socket
+
+
+def build(conf: TailnetConf, listener: socket.socket, options: Options,
+          forwards: Forwards = ()) -> Server:
     users = Users.load(conf.users_file) if conf.users_file else None
     identities = (Identities(conf.allow_identities, LocalAPI(conf.identity_socket))
                   if conf.allow_identities else None)
@@ -98,7 +106,17 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options) -> Serve
         handshake_timeout=options.handshake_timeout,
         idle_timeout=options.idle_timeout,
         pac=functools.partial(served_pac, conf),
+        forwards=[(sock, forward) for sock, forward in forwards if forward.protocol == "tcp"],
     )
+
+
+def datagram_relays(server: Server, forwards: Forwards, options: Options) -> list[UdpForward]:
+    """The UDP forwards' relays, with the server's checks, caps and counters."""
+    dial = Dialer(options.device, options.dial_timeout).datagram
+    return [UdpForward(sock, forward, resolver=server.resolver, dial=dial, policy=server.policy,
+                       networks=server.networks, identities=server.identities,
+                       caps=server.caps, stats=server.stats, log=server.log)
+            for sock, forward in forwards if forward.protocol == "udp"]
 
 
 def served_pac(conf: TailnetConf, arrival: Listen) -> str:
@@ -106,8 +124,10 @@ def served_pac(conf: TailnetConf, arrival: Listen) -> str:
     return pac.served(load_instances()[0], conf, arrival)
 
 
-def run(conf: TailnetConf, listener: socket.socket, options: Options) -> int:
-    server = build(conf, listener, options)
+def run(conf: TailnetConf, listener: socket.socket, options: Options,
+        forwards: Forwards = ()) -> int:
+    server = build(conf, listener, options, forwards)
+    relays = datagram_relays(server, forwards, options)
     limit = raise_fd_limit(fds_needed(conf.max_connections, busy=True))
     notes = [f"egress via {options.device}", f"names .{conf.suffix}",
              f"logins {len(server.users)}" if server.users is not None else "no login",
@@ -115,22 +135,26 @@ def run(conf: TailnetConf, listener: socket.socket, options: Options) -> int:
              f"pipes {server.pool.size // 1024} KiB", f"fd limit {limit}"]
     log_line(f"{conf.name}: proxy listening on {server.stats.listen} "
              f"({', '.join(n for n in notes if n)})")
+    for sock, forward in forwards:
+        log_line(f"{conf.name}: forwarding {endpoint(*sock.getsockname()[:2])}/"
+                 f"{forward.protocol} to {forward.target}")
     if limit < fds_needed(conf.max_connections):
         log_line(f"{conf.name}: warning: fd limit {limit} is below the "
                  f"{fds_needed(conf.max_connections)} that max_connections = "
                  f"{conf.max_connections} needs (the unit's LimitNOFILE= is capped by the "
                  "hard limit systemd has); past it, new connections wait or are refused")
     try:
-        asyncio.run(_main(conf, server, options))
+        asyncio.run(_main(conf, server, relays, options))
     finally:
         server.pool.clear()
         log_line.flush()
     return 0
 
 
-async def _main(conf: TailnetConf, server: Server, options: Options) -> None:
+async def _main(conf: TailnetConf, server: Server, relays: list[UdpForward],
+                options: Options) -> None:
     loop = asyncio.get_running_loop()
-    serving = asyncio.ensure_future(server.serve())
+    serving = asyncio.ensure_future(_serve(server, relays))
     draining: list[asyncio.Task[None]] = []
 
     def stop() -> None:
@@ -138,7 +162,7 @@ async def _main(conf: TailnetConf, server: Server, options: Options) -> None:
         if draining:
             serving.cancel()
         else:
-            draining.append(asyncio.ensure_future(_drain(conf, server, serving,
+            draining.append(asyncio.ensure_future(_drain(conf, server, relays, serving,
                                                          options.drain_grace)))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -158,8 +182,19 @@ async def _main(conf: TailnetConf, server: Server, options: Options) -> None:
                 stats_file.write()
 
 
-async def _drain(conf: TailnetConf, server: Server, serving: asyncio.Future[None],
-                 grace: float) -> None:
+async def _serve(server: Server, relays: list[UdpForward]) -> None:
+    """The server and the UDP relays, until cancelled: then all of them end."""
+    async with asyncio.TaskGroup() as group:
+        for relay in relays:
+            group.create_task(relay.serve())
+        await server.serve()
+
+
+async def _drain(conf: TailnetConf, server: Server, relays: list[UdpForward],
+                 serving: asyncio.Future[None], grace: float) -> None:
+    # UDP has no connection to finish: the next process takes the next datagram.
+    for relay in relays:
+        relay.stop()
     log_line(f"{conf.name}: stopping: no new connections; {server.stats.active} open, "
              f"given up to {grace:g} s to end")
     left = await server.drain(grace)
