@@ -1,12 +1,15 @@
 """Fixed forwards (`forward = PORT[/udp]=HOST:PORT`), judged by programs that know nothing of
-proxies: curl and OpenBSD nc through TCP forwards, dig through a UDP forward to a real DNS
-server (dnsmasq) in the target's namespace. The same client checks, egress policy, log lines
-and counters as the proxy's."""
+proxies: psql to a PostgreSQL server, curl and OpenBSD nc through TCP forwards, dig through a
+UDP forward to a real DNS server (dnsmasq), all in the target's namespace. The same client
+checks, egress policy, log lines and counters as the proxy's."""
 
 from __future__ import annotations
 
+import glob
 import re
+import shutil
 import signal
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -24,25 +27,53 @@ from proxyhost import (
 
 pytestmark = pytest.mark.netns
 
-WEB, ECHO, BY_NAME, LOOPBACK, DNS, DNS_NAMED = 15080, 19000, 15081, 15082, 15353, 15354
+WEB, ECHO, BY_NAME, LOOPBACK, DNS, DNS_NAMED, PSQL = (15080, 19000, 15081, 15082, 15353,
+                                                      15354, 15432)
 CONF = (f"allow_clients = {ALICE}/32\n"
         f"forward = {WEB}={TARGET4}:{HTTP_PORT}, {ECHO}={TARGET4}:{ECHO_PORT}, "
         f"{BY_NAME}=web.fgpu:{HTTP_PORT}, {LOOPBACK}=127.0.0.1:{HTTP_PORT}, "
-        f"{DNS}/udp={TARGET4}:53, {DNS_NAMED}/udp=web.fgpu:53\n")
+        f"{DNS}/udp={TARGET4}:53, {DNS_NAMED}/udp=web.fgpu:53, {PSQL}=web.fgpu:5432\n")
 SOCKETS = (f"{WEB}/tcp", f"{ECHO}/tcp", f"{BY_NAME}/tcp", f"{LOOPBACK}/tcp", f"{DNS}/udp",
-           f"{DNS_NAMED}/udp")
+           f"{DNS_NAMED}/udp", f"{PSQL}/tcp")
 DNSMASQ = ("dnsmasq -k --conf-file=/dev/null --port=53 --listen-address={ip} --bind-interfaces "
            "--no-resolv --no-hosts --address=/probe.test/192.0.2.77 & "
            "for i in $(seq 200); do ss -Hlun 'sport = :53' | grep -q {ip} && break; "
            "sleep 0.05; done; echo ready; wait")
 
 
+# Debian's PostgreSQL server binaries (tools/install-deps installs them without a cluster).
+POSTGRES_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:]
+POSTGRES = ("runuser -u postgres -- {bin}/initdb -A trust -D {dir}/data >/dev/null && "
+            "echo 'host all all 0.0.0.0/0 trust' >> {dir}/data/pg_hba.conf && "
+            "exec runuser -u postgres -- {bin}/postgres -D {dir}/data -p 5432 "
+            "-c listen_addresses={ip} -c unix_socket_directories={dir} & "
+            "until pg_isready -q -h {ip} -p 5432; do sleep 0.1; done; echo ready; wait")
+
+
 @pytest.fixture(scope="module")
 def world(world: ProxyWorld) -> Iterator[ProxyWorld]:
     world.fake.spawn("ip", "netns", "exec", TARGET, "sh", "-c", DNSMASQ.format(ip=TARGET4))
-    world.start_proxy(CONF, forwards=SOCKETS)
-    world.wait_log(rf"forwarding {PROXY_IP}:{DNS_NAMED}/udp to web\.fgpu:53")
-    yield world
+    # A directory the postgres user can reach (pytest's own are root's alone).
+    data = tempfile.mkdtemp(prefix="tsproxy-pg-")
+    shutil.chown(data, "postgres")
+    try:
+        if POSTGRES_BIN:
+            world.fake.spawn("ip", "netns", "exec", TARGET, "sh", "-c", POSTGRES.format(
+                bin=POSTGRES_BIN[0], dir=data, ip=TARGET4))
+        world.start_proxy(CONF, forwards=SOCKETS)
+        world.wait_log(rf"forwarding {PROXY_IP}:{DNS_NAMED}/udp to web\.fgpu:53")
+        yield world
+    finally:
+        world.stop_proxy()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_psql_through_a_tcp_forward(world: ProxyWorld) -> None:
+    assert POSTGRES_BIN, "PostgreSQL's server is missing: tools/install-deps test installs it"
+    done = world.client("psql", "-h", PROXY_IP, "-p", str(PSQL), "-U", "postgres", "-At", "-c",
+                        "select 'reached from ' || host(inet_client_addr())")
+    assert (done.returncode, done.stdout) == (0, f"reached from {GATEWAY_TS}\n"), done.stderr
+    world.wait_log(rf"client={ALICE}:\d+ forward to=web\.fgpu:5432 addr={TARGET4}:5432 .*: closed")
 
 
 def test_curl_through_a_tcp_forward(world: ProxyWorld) -> None:
