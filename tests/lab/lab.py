@@ -28,6 +28,7 @@ from nspawn import Container  # noqa: E402
 from world import TS_ENV, World, running_world, wait_for  # noqa: E402
 
 PORT = 11080
+WEB_FORWARD, SSH_FORWARD = 13000, 12222  # fgpu's forwards to its web and ssh peers
 AUTHKEY_FILE = "/etc/tsproxy.d/fgpu.key"
 # The lab's environment for both kinds of tailscaled on the gateway (see world.TS_ENV).
 TS_ENV_LINES = "".join(f"Environment={k}={v}\n" for k, v in TS_ENV.items())
@@ -100,7 +101,8 @@ def running_lab(workdir: Path, fgpu: bool = True) -> Iterator[Lab]:
             gw.write_file("/etc/tsproxy.d/fgpu.conf",
                           f"# the lab's second tailnet\nlisten = {lab.gw_ip}:{PORT}\n"
                           f"login_server = {world.state['fgpu_url']}\nauthkey_file = {AUTHKEY_FILE}\n"
-                          f"hostname = gateway\nallow_identities = {mac_login}\n")
+                          f"hostname = gateway\nallow_identities = {mac_login}\n"
+                          f"forward = {WEB_FORWARD}=web.fgpu:3000, {SSH_FORWARD}=ssh.fgpu:22\n")
             gw.run("tsproxy check && systemctl daemon-reload && systemctl start tsproxy@fgpu")
             wait_for(lambda: lab.fgpu_state() == "Running", 60, what="the gateway on fgpu")
             lab.web_ip = world.nodes["web"].ip4()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import PORT, Lab
+from lab import PORT, SSH_FORWARD, WEB_FORWARD, Lab
 from world import WEB_PAGE, Node, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -101,6 +101,26 @@ def test_tsproxy_client_ssh_block_runs_a_command(lab: Lab, tmp_path: Path) -> No
         # The command ran on the ssh peer: its tailscale0 carries its fgpu address.
         assert done.returncode == 0, done.stderr
         assert f" {lab.ssh_ip}/32 " in done.stdout, done.stdout
+
+
+def test_forwards_reach_fgpu_peers(lab: Lab, tmp_path: Path) -> None:
+    """Forwards: plain curl and plain ssh (no proxy, no ProxyCommand) from the mac to the
+    gateway's home address reach fgpu's peers by name; mac2's user is not allowed there
+    either."""
+    rc, out = mac_curl(lab, f"http://{lab.gw_ip}:{WEB_FORWARD}/")
+    assert (rc, out) == (0, WEB_PAGE)
+    rc, out = mac_curl(lab, f"http://{lab.gw_ip}:{WEB_FORWARD}/", node="mac2")
+    assert rc != 0 and WEB_PAGE not in out, out
+    key = lab.world.nodes["ssh"].dir / "client_key"
+    done = lab.world.nodes["mac"].exec(
+        ["ssh", "-p", str(SSH_FORWARD), "-i", str(key), "-o", "IdentitiesOnly=yes", "-o",
+         "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+         f"root@{lab.gw_ip}", "ip -4 -o addr show dev tailscale0"], check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f" {lab.ssh_ip}/32 " in done.stdout, done.stdout
+    listing = lab.gw.run(["tsproxy", "client", "--for", "forwards"]).stdout
+    assert f"{lab.gw_ip}:{SSH_FORWARD}/tcp -> ssh.fgpu:22    e.g. ssh -p {SSH_FORWARD} " \
+           f"USER@{lab.gw_ip}" in listing, listing
 
 
 def test_identity_not_allowed_is_refused(lab: Lab) -> None:
