@@ -57,6 +57,12 @@ class FakeSystemd:
             return None
         return self._unit(unit).get(prop)
 
+    def socket_listens(self) -> list[tuple[str, str, str]]:
+        """Every unit's "Listen" of the states file: [[TYPE, ADDRESS], ...]."""
+        table = json.loads(self.states.read_text()) if self.states.exists() else {}
+        return [(unit, kind, address) for unit, state in table.items()
+                for kind, address in state.get("Listen", [])]
+
     def queue(self, verb: str, unit: str) -> str:
         assert verb in VERBS and "." in unit, (verb, unit)
         self.jobs.append((verb, unit))

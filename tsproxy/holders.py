@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
 from tsproxy_generator.addresses import Address, unmapped
 from tsproxy_generator.model import Listen
 
-from .systemd import TIMEOUT, systemctl
+from . import systemd
+from .errors import TsproxyError
 
 TCP_LISTEN = "0A"  # the state column of /proc/net/tcp{,6}
 UDP_UNCONNECTED = "07"  # a bound UDP socket that is not connected to one peer
@@ -158,22 +158,20 @@ def unit_of(pid: int) -> str | None:
 
 
 def socket_unit(listen: Listen, protocol: str) -> str | None:
-    """The .socket unit listening on `listen`, from systemctl list-sockets."""
+    """The .socket unit listening on `listen`, asked of systemd."""
     kind = "Stream" if protocol == "tcp" else "Datagram"
     try:
-        done = subprocess.run([systemctl(), "list-sockets", "--all", "--full", "--no-legend",
-                               "--show-types"], capture_output=True, text=True, timeout=TIMEOUT)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in done.stdout.splitlines():
-        fields = line.split()  # LISTEN TYPE UNIT ACTIVATES...
-        host, _, port = fields[0].rpartition(":") if len(fields) > 2 else ("", "", "")
+        listens = systemd.socket_listens()
+    except TsproxyError:
+        return None  # only a name in a message is lost
+    for unit, socket_kind, where in listens:
+        host, _, port = where.rpartition(":")
         try:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             continue  # a path or a netlink socket
-        if fields[1] == kind and port == str(listen.port) and covers(address, listen.address):
-            return fields[2]
+        if socket_kind == kind and port == str(listen.port) and covers(address, listen.address):
+            return unit
     return None
 
 

@@ -51,12 +51,10 @@ TYPES = ("service", "socket", "target", "timer", "mount", "automount", "swap", "
          "scope", "device")
 VERBS = {"start": b"StartUnit", "restart": b"RestartUnit", "stop": b"StopUnit",
          "try-restart": b"TryRestartUnit", "reload-or-restart": b"ReloadOrRestartUnit"}
-TIMEOUT = 15  # seconds for what still forks systemctl (see systemctl())
 
 
 def systemctl() -> str:
-    # migrate forks `systemctl disable --now` and holders `systemctl list-sockets`; tests
-    # point this at a fake.
+    # migrate forks `systemctl disable --now`; tests point this at a fake.
     return os.environ.get("TSPROXY_SYSTEMCTL", "systemctl")
 
 
@@ -110,6 +108,20 @@ class Manager:
         rows = self._call(MANAGER_PATH, MANAGER, b"ListUnitsByNames", b"as",
                           [[name.encode() for name in names]])
         return [(_text(r[0]), _text(r[2]), _text(r[3]), _text(r[4])) for r in rows]
+
+    def socket_listens(self) -> list[tuple[str, str, str]]:
+        """(unit, type, address) of every Listen entry of every loaded socket unit, as
+        `systemctl list-sockets --all` shows them: ("x.socket", "Stream", "[::1]:53")."""
+        rows = self._call(MANAGER_PATH, MANAGER, b"ListUnitsByPatterns", b"asas",
+                          [[], [b"*.socket"]])
+        found = []
+        for row in rows:
+            unit = _text(row[0])
+            listens = self._call(row[6], PROPERTIES_IFACE, b"Get", b"ss",
+                                 [b"org.freedesktop.systemd1.Socket", b"Listen"],
+                                 f"{unit} Listen")
+            found += [(unit, _text(kind), _text(address)) for kind, address in listens]
+        return found
 
     def get(self, unit: str, prop: str) -> str | None:
         """One property of a unit, None when its type has no such property."""
@@ -234,6 +246,11 @@ def show(units: list[str], properties: tuple[str, ...] = PROPERTIES) -> dict[str
                     values[prop] = value
             states[unit] = {prop: values[prop] for prop in properties if prop in values}
     return states
+
+
+def socket_listens() -> list[tuple[str, str, str]]:
+    with manager() as systemd:
+        return systemd.socket_listens()
 
 
 def reload() -> None:

@@ -62,6 +62,12 @@ def test_forwards_through_systemd_sockets(booted_debian: Container, tailscale_de
     assert f" forward to={fake_tailnet.PEER}:{fake_tailnet.PORT} " in journal, journal
     assert "Traceback" not in journal
 
+    # systemd holds the forwards' sockets: asked over D-Bus, it names the unit.
+    held = c.run("python3 -c 'import ipaddress; from tsproxy import holders; "
+                 "from tsproxy_generator.model import Listen; print(holders.socket_unit("
+                 f"Listen(ipaddress.ip_address(\"{HOST_TS_IP}\"), 17007), \"udp\"))'").stdout
+    assert held == "tsproxy-socks@fgpu.socket\n", held
+
     # What a Mac user connects to.
     snippet = c.run("tsproxy client --for forwards").stdout
     assert f"{HOST_TS_IP}:18080/tcp -> {fake_tailnet.PEER}:{fake_tailnet.PORT}" in snippet

@@ -5,6 +5,7 @@ doctor print instead of a restart that cannot work."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import sys
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_systemd import FakeSystemd
 
 from tsproxy import doctor, health, holders, status
 from tsproxy.holders import Held, Holder
@@ -188,3 +190,20 @@ def test_tsproxys_own_units_are_no_one_else(monkeypatch: pytest.MonkeyPatch) -> 
     where = listen("100.121.76.21:11080")
     assert holders.held(where) == Held(where, "tcp", (socat,))
     assert holders.held(where, ("udp",)) is None
+
+
+def test_the_socket_unit_systemd_holds_a_port_for(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found among every socket unit's Listen entries: by type, port and address (a socket
+    on :: or 0.0.0.0 holds every address); paths and netlink entries are no match."""
+    states = tmp_path / "units.json"
+    states.write_text(json.dumps({
+        "dbus.socket": {"Listen": [["Stream", "/run/dbus/system_bus_socket"]]},
+        "old-dns.socket": {"Listen": [["Datagram", "[::]:53"], ["Stream", "[::]:53"]]},
+        "expose.socket": {"Listen": [["Stream", "100.121.76.21:11080"]]},
+        "udev.socket": {"Listen": [["Netlink", "kobject-uevent 1"]]}}))
+    monkeypatch.setattr("tsproxy.systemd.connect", FakeSystemd(states).connect)
+    assert holders.socket_unit(listen("100.121.76.21:11080"), "tcp") == "expose.socket"
+    assert holders.socket_unit(listen("100.121.76.21:11080"), "udp") is None
+    assert holders.socket_unit(listen("100.121.76.21:53"), "udp") == "old-dns.socket"
+    assert holders.socket_unit(listen("100.121.76.22:11080"), "tcp") is None
