@@ -138,6 +138,12 @@ class Manager:
         return _text(self._call(MANAGER_PATH, MANAGER, VERBS[verb], b"ss",
                                 [unit.encode(), b"replace"], f"{verb} {unit}"))
 
+    def signal(self, unit: str, number: int) -> None:
+        """Send a signal to the unit's main process at once (KillUnit: no job, so it works
+        from inside another unit's job, where a job of a unit ordered after it would wait)."""
+        self._call(MANAGER_PATH, MANAGER, b"KillUnit", b"ssi", [unit.encode(), b"main", number],
+                   f"signal {unit}")
+
     def reload(self) -> None:
         """`systemctl daemon-reload`: systemd answers once the generators ran and the units
         are reloaded."""
@@ -251,6 +257,12 @@ def show(units: list[str], properties: tuple[str, ...] = PROPERTIES) -> dict[str
 def socket_listens() -> list[tuple[str, str, str]]:
     with manager() as systemd:
         return systemd.socket_listens()
+
+
+def signal(units: list[str], number: int) -> None:
+    with manager() as systemd:
+        for unit in units:
+            systemd.signal(unit, number)
 
 
 def reload() -> None:

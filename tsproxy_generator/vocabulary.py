@@ -24,6 +24,7 @@ DNS_SERVICE = "tsproxy-dns.service"
 DROP_IN = "50-tsproxy.conf"  # the generator's drop-in in UNIT.d/
 ENABLED_BY = "multi-user.target"  # autostart: a link in its .wants/
 PROXY_STATS_DIR = "/run/tsproxy-socks"  # + /NAME: the proxy's counters (RuntimeDirectory)
+PROXY_RELOAD_VERDICT = "reload.json"  # in the same directory: how the last reload went
 
 
 def unit(template: str, name: str, kind: str = ".service") -> str:

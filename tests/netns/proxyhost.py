@@ -174,7 +174,8 @@ class ProxyWorld:
         with open(self.log_path, "wb") as log:
             self.proxy = subprocess.Popen(command, stdout=log, stderr=log,
                                           start_new_session=True)
-        self.wait_log(r"Listening on")
+        # activate.py starts the proxy at once: wait until it has read its conf.
+        self.wait_log(r"proxy listening on" if forwards else r"Listening on")
 
     def stop_proxy(self, sig: int | None = signal.SIGKILL) -> int | None:
         """Stop the proxy (SIGKILL: the whole group; None: it is stopping by itself) and

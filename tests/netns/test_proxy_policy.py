@@ -227,7 +227,7 @@ def test_sighup_reloads_the_users_file(world: ProxyWorld, users: Path) -> None:
     # A file others can read is refused; the logins in force stay.
     users.chmod(0o644)
     world.fake.run("kill", "-HUP", str(world.proxy_pid()))
-    world.wait_log("users file not reloaded, keeping the old one: .*chmod 600")
+    world.wait_log("conf not reloaded, keeping the old one: .*users_file: .*chmod 600")
     assert world.raw("socks5", TARGET4, HTTP_PORT, "--user", "alice:n3w")["rep"] == 0
 
 

@@ -54,13 +54,15 @@ def test_forwards_through_systemd_sockets(booted_debian: Container, tailscale_de
                                "(Stream)", f"{HOST_TS_IP}:17007", "(Datagram)"], listens
 
     done = client(c, "curl", "-sS", "-m", "10", f"http://{HOST_TS_IP}:18080/")
-    assert (done.returncode, done.stdout) == (0, "fgpu"), done.stderr
+    assert (done.returncode, done.stdout) == (0, "fgpu"), done.stderr + c.run(
+        "journalctl -o cat -u tsproxy-socks@fgpu.socket -u tsproxy-socks@fgpu").stdout
     done = client(c, "nc", "-u", "-w", "3", HOST_TS_IP, "17007", input="ping\n")
     assert done.stdout == "echo ping\n", (done.returncode, done.stderr)
     journal = c.run("journalctl -o cat -u tsproxy-socks@fgpu.service").stdout
     assert f"forwarding {HOST_TS_IP}:17007/udp to {fake_tailnet.PEER}:{UDP_PORT}" in journal
     assert f" forward to={fake_tailnet.PEER}:{fake_tailnet.PORT} " in journal, journal
     assert "Traceback" not in journal
+    assert "failed" not in c.run("journalctl -o cat -u tsproxy-socks@fgpu.socket").stdout
 
     # systemd holds the forwards' sockets: asked over D-Bus, it names the unit.
     held = c.run("python3 -c 'import ipaddress; from tsproxy import holders; "
@@ -71,6 +73,23 @@ def test_forwards_through_systemd_sockets(booted_debian: Container, tailscale_de
     # What a Mac user connects to.
     snippet = c.run("tsproxy client --for forwards").stdout
     assert f"{HOST_TS_IP}:18080/tcp -> {fake_tailnet.PEER}:{fake_tailnet.PORT}" in snippet
+
+    # systemctl reload: new rules for new connections, said in one line; a change that
+    # needs a restart fails the reload and changes nothing.
+    c.write_file("/etc/tsproxy.d/fgpu.conf", CONF + FORWARDS + "allow_clients = 10.9.9.9/32\n")
+    reload = c.run("systemctl reload tsproxy@fgpu", check=False)
+    journal = c.run("journalctl -o cat -u tsproxy@fgpu.service -u tsproxy-socks@fgpu").stdout
+    assert reload.returncode == 0, reload.stderr + journal
+    assert "fgpu: conf reloaded: allow_clients changed" in journal, journal
+    done = client(c, "curl", "-sS", "-m", "5", f"http://{HOST_TS_IP}:18080/")
+    assert done.returncode != 0 and done.stdout != "fgpu"
+    c.write_file("/etc/tsproxy.d/fgpu.conf", CONF + FORWARDS + "suffix = gpu\n")
+    reload = c.run("systemctl reload tsproxy@fgpu", check=False)
+    assert reload.returncode != 0
+    journal = c.run("journalctl -o cat -u tsproxy@fgpu.service").stdout
+    assert ("fgpu: conf not reloaded: suffix changed, which takes systemctl restart "
+            "tsproxy@fgpu; nothing else was applied") in journal, journal
+    assert client(c, "curl", "-sS", "-m", "5", f"http://{HOST_TS_IP}:18080/").returncode != 0
 
     # A forward added later: its socket comes with the next daemon-reload and restart.
     c.write_file("/etc/tsproxy.d/fgpu.conf", CONF + FORWARDS.rstrip() +

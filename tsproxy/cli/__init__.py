@@ -22,6 +22,8 @@ COMMANDS = {
              "tsproxy-watch@NAME)",
     "login": "log an instance's tailscaled in to its tailnet",
     "logout": "log an instance's tailscaled out of its tailnet",
+    "reload": "apply a changed conf to a running instance without dropping connections "
+              "(run by systemctl reload tsproxy@NAME)",
     "tailscale": "run the tailscale CLI against an instance's tailscaled (status, ping, "
                  "netcheck, lock sign, set, ...)",
     "exec": "run a command inside an instance's namespace, e.g. ping a peer",

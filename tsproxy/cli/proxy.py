@@ -48,17 +48,21 @@ def register(parser: argparse.ArgumentParser) -> None:
                             help=f"{what} timeout (default {default:g} s)")
 
 
+def read_conf(args: argparse.Namespace) -> TailnetConf:
+    """The instance's conf, at start and again at each reload."""
+    if not args.conf:
+        return get_instance(args.name)
+    try:
+        conf = load(args.conf)
+    except ConfigError as error:
+        raise TsproxyError(str(error)) from None
+    if conf.name != args.name:  # the name picks the LocalAPI socket: they must agree
+        raise TsproxyError(f"--conf {args.conf} is instance {conf.name!r}, not {args.name!r}")
+    return conf
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.conf:
-        try:
-            conf = load(args.conf)
-        except ConfigError as error:
-            raise TsproxyError(str(error)) from None
-        if conf.name != args.name:  # the name picks the LocalAPI socket: they must agree
-            raise TsproxyError(f"--conf {args.conf} is instance {conf.name!r}, not "
-                               f"{args.name!r}")
-    else:
-        conf = get_instance(args.name)
+    conf = read_conf(args)
     if args.listen:
         listen = parse_listen(args.listen)
         listener, forwards = bind(listen), bound_forwards(conf, listen)
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                               names_socket=args.names_socket,
                               handshake_timeout=args.handshake_timeout,
                               dial_timeout=args.dial_timeout, idle_timeout=args.idle_timeout)
-    return service.run(conf, listener, options, forwards)
+    return service.run(conf, listener, options, forwards, lambda: read_conf(args))
 
 
 KINDS = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}

@@ -77,10 +77,12 @@ class Server:
                  idle_timeout: float = IDLE_TIMEOUT, pac: PacSource | None = None,
                  forwards: Sequence[tuple[socket.socket, Forward]] = ()) -> None:
         self.listener = listener
-        # Every listening socket, with the forward it serves (None: the proxy's own).
-        self.listeners: list[tuple[socket.socket, Forward | None]] = [(listener, None),
-                                                                      *forwards]
-        self._acceptor = accepting.Acceptor(self.listeners, self._take, self._paused)
+        # The forward each forward's listening socket serves, by descriptor: a reload
+        # changes targets under the same sockets.
+        self.forwards = {sock.fileno(): forward for sock, forward in forwards}
+        self.listeners = [listener, *(sock for sock, _ in forwards)]
+        self._acceptor = accepting.Acceptor([(sock, sock.fileno()) for sock in self.listeners],
+                                            self._take, self._paused)
         self.resolver, self.dial, self.policy = resolver, dial, policy
         self.networks, self.users, self.identities = networks, users, identities
         self.caps, self.stats, self.pool, self.log = caps, stats, pool, log
@@ -115,7 +117,7 @@ class Server:
         if self._group is not None:
             self._group = None
             self._acceptor.stop()
-            for listener, _ in self.listeners:
+            for listener in self.listeners:
                 listener.close()
 
     async def drain(self, grace: float) -> int:
@@ -127,9 +129,9 @@ class Server:
             await asyncio.sleep(DRAIN_POLL)
         return self.stats.active
 
-    def _take(self, sock: socket.socket, peer: tuple[str, int], forward: Forward | None) -> None:
+    def _take(self, sock: socket.socket, peer: tuple[str, int], listener: int) -> None:
         assert self._group is not None
-        self._group.create_task(self._connection(sock, peer, forward))
+        self._group.create_task(self._connection(sock, peer, self.forwards.get(listener)))
 
     def _paused(self, error: OSError) -> None:
         self._pauses += 1

@@ -5,8 +5,9 @@ SIGTERM drains: no new connection is taken (they wait in systemd's socket for th
 process), the ones in flight get DRAIN_GRACE seconds, then the rest are cut and it exits 0.
 UDP forwards stop at once: their datagrams wait for the next process too.
 
-SIGHUP re-reads the users file (a bad file keeps the old one and says why). The counters
-file is written every few seconds and once more on the way out.
+SIGHUP reads the conf and the users file again and applies what can change under running
+connections (reconfigure.py). The counters file is written every few seconds and once more on
+the way out.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import resource
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tsproxy_generator.addresses import endpoint
 from tsproxy_generator.model import Forward, Listen, TailnetConf
+from tsproxy_generator.vocabulary import PROXY_RELOAD_VERDICT
 
 from .. import pac
-from ..errors import TsproxyError
 from ..instances import load_instances, tailscaled_socket
 from ..localapi import LocalAPI
 from ..names import Resolver
@@ -33,6 +35,7 @@ from .datagrams import UdpForward
 from .egress import DEVICE, DIAL_TIMEOUT, Dialer, Policy, tune
 from .limits import Limits
 from .pipes import PipePool
+from .reconfigure import Reloader
 from .relay import IDLE_TIMEOUT
 from .server import HANDSHAKE_TIMEOUT, Server
 from .stats import Stats, StatsFile, log_line
@@ -90,7 +93,9 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options,
                   if conf.allow_identities else None)
     names_socket = options.names_socket or tailscaled_socket(conf.name)
     listen = endpoint(*listener.getsockname()[:2])
-    tune(listener)  # accepted sockets inherit NODELAY and keepalive: no syscalls per accept
+    # Accepted sockets inherit NODELAY and keepalive: no syscalls per accept.
+    for sock in (listener, *(sock for sock, f in forwards if f.protocol == "tcp")):
+        tune(sock)
     return Server(
         listener,
         resolver=Resolver(conf.suffix, LocalAPI(names_socket)),
@@ -125,7 +130,8 @@ def served_pac(conf: TailnetConf, arrival: Listen) -> str:
 
 
 def run(conf: TailnetConf, listener: socket.socket, options: Options,
-        forwards: Forwards = ()) -> int:
+        forwards: Forwards = (), reread: Callable[[], TailnetConf] | None = None) -> int:
+    """Serve until stopped; `reread` reads the conf again on SIGHUP (default: the same)."""
     server = build(conf, listener, options, forwards)
     relays = datagram_relays(server, forwards, options)
     limit = raise_fd_limit(fds_needed(conf.max_connections, busy=True))
@@ -144,7 +150,10 @@ def run(conf: TailnetConf, listener: socket.socket, options: Options,
                  f"{conf.max_connections} needs (the unit's LimitNOFILE= is capped by the "
                  "hard limit systemd has); past it, new connections wait or are refused")
     try:
-        asyncio.run(_main(conf, server, relays, options))
+        verdict = (os.path.join(os.path.dirname(options.stats_path), PROXY_RELOAD_VERDICT)
+                   if options.stats_path else None)
+        reloader = Reloader(conf, reread or (lambda: conf), server, relays, verdict)
+        asyncio.run(_main(conf, server, relays, options, reloader))
     finally:
         server.pool.clear()
         log_line.flush()
@@ -152,7 +161,7 @@ def run(conf: TailnetConf, listener: socket.socket, options: Options,
 
 
 async def _main(conf: TailnetConf, server: Server, relays: list[UdpForward],
-                options: Options) -> None:
+                options: Options, reloader: Reloader) -> None:
     loop = asyncio.get_running_loop()
     serving = asyncio.ensure_future(_serve(server, relays))
     draining: list[asyncio.Task[None]] = []
@@ -167,7 +176,7 @@ async def _main(conf: TailnetConf, server: Server, relays: list[UdpForward],
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
-    loop.add_signal_handler(signal.SIGHUP, _reload_users, conf, server)
+    loop.add_signal_handler(signal.SIGHUP, reloader)
     stats_file = StatsFile(server.stats, options.stats_path) if options.stats_path else None
     writer = asyncio.ensure_future(stats_file.run()) if stats_file else None
     try:
@@ -201,14 +210,3 @@ async def _drain(conf: TailnetConf, server: Server, relays: list[UdpForward],
     if left:
         log_line(f"{conf.name}: cutting {left} connection(s) still open after {grace:g} s")
     serving.cancel()
-
-
-def _reload_users(conf: TailnetConf, server: Server) -> None:
-    if not conf.users_file:
-        return
-    try:
-        server.users = Users.load(conf.users_file)
-    except TsproxyError as error:
-        log_line(f"{conf.name}: users file not reloaded, keeping the old one: {error}")
-        return
-    log_line(f"{conf.name}: users file reloaded: {len(server.users)} logins")
