@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Run inside `unshare --net`: one context does everything, as in one watchdog process.
 SCRIPT = """
 import json, subprocess
-from tsproxy import nftlib, watch
+from tsproxy import network, nftlib
 
 def refused(call, *args):
     try:
@@ -35,14 +35,14 @@ seen = {
     "after_bad": subprocess.run(["nft", "list", "tables"], capture_output=True,
                                 text=True).stdout,
     "missing": refused(nftlib.listing, "list table inet t"),
-    "watch_missing": watch.list_table("inet t"),
+    "watch_missing": network.list_table("inet t"),
 }
 nftlib.load(good)
-seen["listed"] = watch.table_shape(watch.list_table("inet t"))
+seen["listed"] = network.table_shape(network.list_table("inet t"))
 subprocess.run(["nft", "flush", "chain", "inet", "t", "c"], check=True)
-seen["flushed"] = watch.table_shape(watch.list_table("inet t"))
+seen["flushed"] = network.table_shape(network.list_table("inet t"))
 subprocess.run(["nft", "delete", "table", "inet", "t"], check=True)
-seen["deleted"] = watch.list_table("inet t")
+seen["deleted"] = network.list_table("inet t")
 print(json.dumps(seen))
 """
 
