@@ -100,7 +100,8 @@ class FakeLocalAPI:
                  whois: Mapping[str, dict[str, Any]] | None = None,
                  dns: Mapping[str, Sequence[str] | str] | None = None,
                  *, chunked: bool = False, slow: bool = False,
-                 errors: Mapping[str, int] | None = None) -> None:
+                 errors: Mapping[str, int] | None = None,
+                 usermetrics: str | None = None) -> None:
         self.socket_path = str(socket_path)
         self.status = status if status is not None else make_status("self", ["100.64.0.1"])
         self.whois = dict(whois or {})
@@ -108,6 +109,7 @@ class FakeLocalAPI:
         self.chunked = chunked
         self.slow = slow
         self.errors = dict(errors or {})
+        self.usermetrics = usermetrics  # None: an older tailscaled, without the endpoint
         self.requests: list[Request] = []
         self._stopping = threading.Event()
         self._server: socketserver.ThreadingUnixStreamServer | None = None
@@ -162,6 +164,8 @@ class FakeLocalAPI:
             return self._whois(query.get("addr", ""))
         if endpoint == "dns-query":
             return self._dns(query.get("name", ""), query.get("type", "A"))
+        if endpoint == "usermetrics" and self.usermetrics is not None:
+            return 200, self.usermetrics.encode()
         return 404, b"404 page not found\n"
 
     def _whois(self, addr: str) -> tuple[int, bytes]:
@@ -259,7 +263,8 @@ def main(argv: list[str]) -> int:
         print("usage: fake_localapi.py SOCKET TABLE.json", file=sys.stderr)
         return 2
     table = json.loads(Path(argv[1]).read_text())
-    fake = FakeLocalAPI(argv[0], table.get("status"), table.get("whois"), table.get("dns"))
+    fake = FakeLocalAPI(argv[0], table.get("status"), table.get("whois"), table.get("dns"),
+                        usermetrics=table.get("usermetrics"))
     fake.slow = bool(table.get("slow"))
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

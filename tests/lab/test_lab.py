@@ -10,6 +10,7 @@ Third-party clients are the judges: curl, dig, ssh with nc, Chromium.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -121,6 +122,19 @@ def test_forwards_reach_fgpu_peers(lab: Lab, tmp_path: Path) -> None:
     listing = lab.gw.run(["tsproxy", "client", "--for", "forwards"]).stdout
     assert f"{lab.gw_ip}:{SSH_FORWARD}/tcp -> ssh.fgpu:22    e.g. ssh -p {SSH_FORWARD} " \
            f"USER@{lab.gw_ip}" in listing, listing
+
+
+def test_metrics_relay_the_real_tailscaleds(lab: Lab) -> None:
+    """/metrics on the proxy port, from the mac: promtool accepts it, and tailscaled's own
+    client metrics (LocalAPI usermetrics of the real daemon) come with the instance label."""
+    rc, out = mac_curl(lab, f"http://{lab.gw_ip}:{PORT}/metrics")
+    assert rc == 0, out
+    check = subprocess.run(["promtool", "check", "metrics"], input=out, capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert 'tsproxy_tailscaled_backend_state{tsproxy_instance="fgpu",state="Running"} 1' in out
+    relayed = [line for line in out.splitlines() if line.startswith("tailscaled_")]
+    assert relayed and all('{tsproxy_instance="fgpu"' in line for line in relayed), out
 
 
 def test_identity_not_allowed_is_refused(lab: Lab) -> None:

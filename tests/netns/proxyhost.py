@@ -107,6 +107,16 @@ STATUS = make_status(
            make_node("quad", ["100.100.100.100"]),
            make_node("gpu-box", [TARGET4], hostname="GPU")])
 DNS = {"example.test": [TARGET4], "down.test": "SERVFAIL"}
+# As tailscaled >= 1.78 answers LocalAPI usermetrics (tsnet's usermetric package).
+USERMETRICS = """\
+# TYPE tailscaled_inbound_bytes_total counter
+# HELP tailscaled_inbound_bytes_total Counts the number of bytes received from other peers
+tailscaled_inbound_bytes_total{path="direct_ipv4"} 1234
+tailscaled_inbound_bytes_total{path="derp"} 56
+# TYPE tailscaled_health_messages gauge
+# HELP tailscaled_health_messages Number of health messages broken down by type.
+tailscaled_health_messages{type="warning"} 0
+"""
 WHOIS = {ALICE: make_whois("alice@example.com", "alice-laptop", [ALICE]),
          OPS: make_whois("ops@example.com", "ci", [OPS], tags=["tag:ops"])}
 
@@ -128,7 +138,7 @@ class ProxyWorld:
         # rebinding name or a missing egress check would reach.
         self.fake.spawn("ip", "netns", "exec", GATEWAY, sys.executable, str(HERE / "targets.py"))
         self.fake.spawn(sys.executable, str(HERE / "targets.py"))
-        self.localapi(NAMES_SOCKET, {"status": STATUS, "dns": DNS})
+        self.localapi(NAMES_SOCKET, {"status": STATUS, "dns": DNS, "usermetrics": USERMETRICS})
         self.localapi(IDENTITY_SOCKET, {"whois": WHOIS})
 
     def localapi(self, path: str, table: dict[str, Any]) -> None:

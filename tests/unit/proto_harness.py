@@ -15,7 +15,7 @@ from tsproxy.proto import (
     ConnectRequest,
     Failure,
     HttpConnectHandshake,
-    PacRequest,
+    LocalRequest,
     ProtocolError,
     Socks5Handshake,
 )
@@ -35,12 +35,12 @@ class Outcome:
     request: ConnectRequest | None = None
     leftover: bytes = b""
     error: str | None = None  # ProtocolError.reason
-    pac: PacRequest | None = None  # HTTP only: GET /proxy.pac
+    local: LocalRequest | None = None  # HTTP only: GET /proxy.pac, /metrics
     kind: Failure | None = None  # ProtocolError.kind
 
     @property
     def pending(self) -> bool:
-        return self.request is None and self.error is None and self.pac is None
+        return self.request is None and self.error is None and self.local is None
 
 
 def cap(hs: Handshake) -> int:
@@ -59,9 +59,9 @@ def run(make: Make, chunks: Iterable[bytes], eof: bool = False) -> Outcome:
         assert hs.buffered == 0
         assert hs.request is None
         return Outcome(bytes(sent) + error.reply, error=error.reason, kind=error.kind)
-    pac = hs.pac if isinstance(hs, HttpConnectHandshake) else None
-    assert hs.event == (pac or hs.request)
-    return Outcome(bytes(sent), hs.request, hs.leftover, pac=pac)
+    local = hs.local if isinstance(hs, HttpConnectHandshake) else None
+    assert hs.event == (local or hs.request)
+    return Outcome(bytes(sent), hs.request, hs.leftover, local=local)
 
 
 def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
@@ -77,7 +77,7 @@ def tr(make: Make, data: bytes, expected: Outcome) -> None:
     if expected.pending:
         return
     trailing = expected
-    if expected.request is not None or expected.pac is not None:
+    if expected.request is not None or expected.local is not None:
         trailing = replace(expected, leftover=expected.leftover + TRAILING)
     assert run(make, [data + TRAILING]) == trailing
     assert run(make, [data, TRAILING]) == trailing

@@ -7,7 +7,8 @@ import pytest
 from proto_harness import Outcome, closed_at_every_prefix, refused, run, tr
 from test_http_connect import BAD_REQUEST, BAD_VERSION, NOT_CONNECT, TAIL, Users, basic
 
-from tsproxy.proto import HttpConnectHandshake, PacRequest, pac_reply
+from tsproxy.proto import HttpConnectHandshake, LocalRequest, local_reply
+from tsproxy.proto.http_response import PAC_TYPE
 
 pytestmark = pytest.mark.unit
 
@@ -44,7 +45,7 @@ def with_auth() -> HttpConnectHandshake:
 ])
 def test_pac_request(data: bytes, method: str) -> None:
     for make in (no_auth, with_auth):
-        tr(make, data, Outcome(b"", pac=PacRequest(method)))
+        tr(make, data, Outcome(b"", local=LocalRequest(method, "/proxy.pac")))
     assert USERS.calls == []  # the login callback was never asked
 
 
@@ -53,9 +54,9 @@ def test_the_event_waits_for_the_end_of_the_head() -> None:
     tr(no_auth, b"GET /proxy.pac HTTP/1.1", Outcome(b""))
     hs = HttpConnectHandshake()
     hs.receive_data(b"GET /proxy.pac HTTP/1.1\r\nHost: x\r\n")
-    assert (hs.pac, hs.request) == (None, None)
+    assert (hs.local, hs.request) == (None, None)
     hs.receive_data(b"\r\n")
-    assert (hs.pac, hs.request) == (PacRequest("GET"), None)
+    assert (hs.local, hs.request) == (LocalRequest("GET", "/proxy.pac"), None)
 
 
 @pytest.mark.parametrize(("data", "sent", "reason"), [
@@ -101,5 +102,5 @@ def test_reply() -> None:
             b"Content-Length: %d\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
             % len(body))
     assert len(body) == len(text) + 1  # the length counts bytes, not characters
-    assert pac_reply(PacRequest("GET"), text) == head + body
-    assert pac_reply(PacRequest("HEAD"), text) == head
+    assert local_reply(LocalRequest("GET", "/proxy.pac"), PAC_TYPE, text) == head + body
+    assert local_reply(LocalRequest("HEAD", "/proxy.pac"), PAC_TYPE, text) == head

@@ -8,7 +8,7 @@ fuzzed. Both handshakes have the h11 shape::
     match hs.event:                            # None until the request is complete
         case ConnectRequest(): dial, send(hs.reply(Reply.SUCCEEDED, bound)), forward hs.leftover
                                or, refused, send(hs.refusal(code, status)[0])
-        case PacRequest(): (HTTP only) send(pac_reply(event, text)) and close
+        case LocalRequest(): (HTTP only) send(local_reply(event, type, text)) and close
 
 ProtocolError.reply holds the exact bytes to send before closing (b"" means just close) and
 ProtocolError.kind what failed. The caller decides on these typed values; it never reads the
@@ -22,13 +22,13 @@ from .base import (
     ConnectRequest,
     Event,
     Failure,
-    PacRequest,
+    LocalRequest,
     ProtocolError,
     Reply,
     is_host,
 )
 from .http_connect import HttpConnectHandshake
-from .http_response import pac_reply
+from .http_response import local_reply
 from .socks5 import Socks5Handshake
 
 __all__ = [
@@ -37,12 +37,12 @@ __all__ = [
     "Event",
     "Failure",
     "HttpConnectHandshake",
-    "PacRequest",
+    "LocalRequest",
     "ProtocolError",
     "Reply",
     "Socks5Handshake",
     "is_host",
-    "pac_reply",
+    "local_reply",
     "sniff",
 ]
 

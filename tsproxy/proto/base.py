@@ -62,15 +62,17 @@ class ConnectRequest:
 
 
 @dataclass(frozen=True)
-class PacRequest:
-    """`GET /proxy.pac` (or HEAD), HTTP only: the server answers with pac_reply() and closes."""
+class LocalRequest:
+    """`GET /proxy.pac` or `GET /metrics` (or HEAD), HTTP only: a resource the proxy serves
+    itself; the server answers with local_reply() and closes."""
 
     method: str  # "GET" or "HEAD"
+    path: str  # one of http_connect.LOCAL_PATHS, without the query
 
 
 # What a complete handshake asks for: a tunnel (CONNECT, or HTTP forwarding, whose rewritten
-# head is the tunnel's first payload) or the PAC file.
-Event = ConnectRequest | PacRequest
+# head is the tunnel's first payload) or a resource of the proxy's own.
+Event = ConnectRequest | LocalRequest
 
 
 class Handshake:

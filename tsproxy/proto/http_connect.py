@@ -15,10 +15,11 @@ Decisions (each has a test):
   the answer. Userinfo in the URL: 400. A bare LF line ending: 400, because another parser
   reads the head next. Any other target with a method other than CONNECT (https:// URLs,
   `*`): 405 with `Allow: CONNECT`.
-- One origin-form resource: `GET /proxy.pac` (or HEAD, a query string allowed) is a PAC
-  request (the event is a PacRequest): no target, and no credentials asked for, because
-  browsers fetch their PAC file without proxy credentials. Another method on it: 405 with
-  `Allow: GET, HEAD`; any other origin-form path: 404.
+- Origin-form resources of the proxy's own: `GET /proxy.pac` and `GET /metrics` (or HEAD, a
+  query string allowed) are local requests (the event is a LocalRequest): no target, and no
+  credentials asked for, because browsers fetch their PAC file, and Prometheus scrapes,
+  without proxy credentials. Another method on them: 405 with `Allow: GET, HEAD`; any other
+  origin-form path: 404.
 - Only Proxy-Authorization is used, and only with authentication on; then a repeated one is
   400 (which one would count?).
 - Authentication on: a missing, non-Basic, undecodable (bad base64, not UTF-8, no ':') or
@@ -46,7 +47,7 @@ from .base import (
     ConnectRequest,
     Event,
     Handshake,
-    PacRequest,
+    LocalRequest,
     Reply,
     is_host,
     shown,
@@ -55,6 +56,8 @@ from .http_head import DIGITS, HeadReader, RequestLine, header, request_line
 from .http_response import ESTABLISHED, STATUS, bad, refused, response, unauthorized
 
 PAC_PATH = "/proxy.pac"
+METRICS_PATH = "/metrics"
+LOCAL_PATHS = (PAC_PATH, METRICS_PATH)
 
 
 class HttpConnectHandshake(Handshake):
@@ -65,7 +68,7 @@ class HttpConnectHandshake(Handshake):
         self._head = HeadReader()
         self._line: RequestLine | None = None
         self._target: tuple[str, int] = ("", 0)
-        self._pac_method: str | None = None  # set by the request line, reported at its end
+        self._local: LocalRequest | None = None  # set by the request line, reported at its end
         # An absolute-form request: (origin-form target, authority), and every header line,
         # to rewrite the head once it is complete.
         self._forward: tuple[str, str] | None = None
@@ -74,9 +77,9 @@ class HttpConnectHandshake(Handshake):
         self._framing: dict[str, list[str]] = {}  # http_forward.FRAMING values as received
 
     @property
-    def pac(self) -> PacRequest | None:
-        """The event if it asks for the PAC file."""
-        return self._event if isinstance(self._event, PacRequest) else None
+    def local(self) -> LocalRequest | None:
+        """The event if it asks for a resource of the proxy's own."""
+        return self._event if isinstance(self._event, LocalRequest) else None
 
     @property
     def forwarding(self) -> bool:
@@ -113,7 +116,7 @@ class HttpConnectHandshake(Handshake):
         """Which of the three requests this is, judged on the request line alone."""
         method, target = line.method, line.target
         if method != "CONNECT" and target.startswith("/"):
-            self._pac_method = _pac_method(method, target)
+            self._local = _local_request(method, target)
         elif method != "CONNECT" and target[:7].lower() == "http://":
             authority, origin = http_forward.origin_form(target[7:])
             if "@" in authority:
@@ -124,7 +127,8 @@ class HttpConnectHandshake(Handshake):
         elif method != "CONNECT":
             raise refused(HTTPStatus.METHOD_NOT_ALLOWED,
                           f"method {shown(method)} not supported for target {shown(target)} "
-                          f"(CONNECT, /proxy.pac or http:// URLs)", "Allow: CONNECT")
+                          f"(CONNECT, {', '.join(LOCAL_PATHS)} or http:// URLs)",
+                          "Allow: CONNECT")
         else:
             self._target = _authority(target)
 
@@ -139,8 +143,8 @@ class HttpConnectHandshake(Handshake):
             self._headers.append((name, line))
 
     def _end_of_head(self, line: RequestLine) -> Event:
-        if self._pac_method is not None:
-            return PacRequest(self._pac_method)
+        if self._local is not None:
+            return self._local
         if self._forward is not None and self._head.bare_lf:
             raise bad("bare LF line ending in a request to forward")
         problem = http_forward.framing_problem(line.method, line.version, self._framing)
@@ -178,14 +182,16 @@ class HttpConnectHandshake(Handshake):
         return user
 
 
-def _pac_method(method: str, target: str) -> str:
-    """The method of a request for the one resource the proxy serves itself."""
-    if target.partition("?")[0] != PAC_PATH:
-        raise refused(HTTPStatus.NOT_FOUND, f"no resource {shown(target)} here (only {PAC_PATH})")
+def _local_request(method: str, target: str) -> LocalRequest:
+    """A request for a resource the proxy serves itself."""
+    path = target.partition("?")[0]
+    if path not in LOCAL_PATHS:
+        raise refused(HTTPStatus.NOT_FOUND, f"no resource {shown(target)} here (only "
+                                            f"{', '.join(LOCAL_PATHS)})")
     if method not in ("GET", "HEAD"):
         raise refused(HTTPStatus.METHOD_NOT_ALLOWED,
-                      f"method {shown(method)} not supported for {PAC_PATH}", "Allow: GET, HEAD")
-    return method
+                      f"method {shown(method)} not supported for {path}", "Allow: GET, HEAD")
+    return LocalRequest(method, path)
 
 
 def _authority(target: str, method: str = "CONNECT") -> tuple[str, int]:

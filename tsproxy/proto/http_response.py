@@ -1,16 +1,17 @@
 """Every HTTP response the proxy writes itself: the tunnel's 200, the error responses (each
 closes the connection) and the PAC file. The parsers and the server decide on typed values
-(a Reply, an HTTPStatus, a PacRequest); the bytes are made here."""
+(a Reply, an HTTPStatus, a LocalRequest); the bytes are made here."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
 
-from .base import Failure, PacRequest, ProtocolError, Reply
+from .base import Failure, LocalRequest, ProtocolError, Reply
 
 REALM = "tsproxy"
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition
 
 # What a failed dial looks like to an HTTP client. REP 1 is what the resolver being down
 # maps to, a gateway problem like the others, hence 502 rather than 500.
@@ -33,11 +34,12 @@ def response(status: HTTPStatus, *headers: str) -> bytes:
     return "\r\n".join(lines).encode("latin-1")
 
 
-def pac_reply(request: PacRequest, text: str) -> bytes:
-    """The PAC file as a complete response; HEAD gets the head alone. no-cache: browsers
-    fetch it again when they look, so a conf change reaches them without a stale copy."""
+def local_reply(request: LocalRequest, content_type: str, text: str) -> bytes:
+    """A resource of the proxy's own (the PAC file, the metrics) as a complete response;
+    HEAD gets the head alone. no-cache: browsers fetch the PAC again when they look, so a
+    conf change reaches them without a stale copy."""
     body = text.encode("utf-8")
-    head = "\r\n".join(["HTTP/1.1 200 OK", f"Content-Type: {PAC_TYPE}",
+    head = "\r\n".join(["HTTP/1.1 200 OK", f"Content-Type: {content_type}",
                          f"Content-Length: {len(body)}", "Cache-Control: no-cache",
                          "Connection: close", "", ""]).encode("latin-1")
     return head if request.method == "HEAD" else head + body

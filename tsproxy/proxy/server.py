@@ -13,9 +13,10 @@ bytes), and a dial that is complete when connect() returns is not waited for.
 
 Every connection ends in exactly one log line and one counter (stats.Record).
 
-The one HTTP request the proxy answers itself, `GET /proxy.pac`, passes the same client
-checks as a tunnel except the login (browsers fetch their PAC without proxy credentials); the
-text comes from an injected function, given the address the request arrived on.
+The HTTP requests the proxy answers itself, `GET /proxy.pac` and `GET /metrics`, pass the
+same client checks as a tunnel except the login (browsers fetch their PAC, and Prometheus
+scrapes, without proxy credentials); the text comes from an injected function, given the
+address the request arrived on.
 
 A TCP forward (`forward = PORT=HOST:PORT`) is one more listening socket whose connections skip
 the handshake: the forward names the target, and the same checks, names, egress policy,
@@ -39,16 +40,16 @@ from .. import accepting
 from ..names import NameNotFound, ResolveError, Resolver
 from ..proto import (
     HttpConnectHandshake,
-    PacRequest,
+    LocalRequest,
     ProtocolError,
     Reply,
     Socks5Handshake,
-    pac_reply,
+    local_reply,
     sniff,
 )
 from ..proto.forward import ForwardHandshake
-from ..proto.http_connect import PAC_PATH
-from ..proto.http_response import response
+from ..proto.http_connect import METRICS_PATH, PAC_PATH
+from ..proto.http_response import METRICS_TYPE, PAC_TYPE, response
 from . import limits
 from .access import ClientNetworks, Identities, Users
 from .egress import DialError, Policy
@@ -67,6 +68,10 @@ Dial = Callable[[Sequence[Address], int], Awaitable[socket.socket]]
 Refusal = tuple[Reply, HTTPStatus | None, str, str]
 # The PAC text for a request that arrived on this address (runs in a thread: it reads confs).
 PacSource = Callable[[Listen], str]
+# The text of a resource of the proxy's own, for a request that arrived on this address.
+LocalSource = Callable[[Listen], Awaitable[str]]
+LOCAL_NAMES = {PAC_PATH: "pac", METRICS_PATH: "metrics"}  # in log lines and counters
+LOCAL_TYPES = {PAC_PATH: PAC_TYPE, METRICS_PATH: METRICS_TYPE}
 
 
 class Server:
@@ -75,6 +80,7 @@ class Server:
                  identities: Identities | None, caps: limits.Limits, stats: Stats,
                  pool: PipePool, log: Log, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT, pac: PacSource | None = None,
+                 metrics: LocalSource | None = None,
                  forwards: Sequence[tuple[socket.socket, Forward]] = ()) -> None:
         self.listener = listener
         # The forward each forward's listening socket serves, by descriptor: a reload
@@ -87,7 +93,11 @@ class Server:
         self.networks, self.users, self.identities = networks, users, identities
         self.caps, self.stats, self.pool, self.log = caps, stats, pool, log
         self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
-        self.pac = pac
+        self.local: dict[str, LocalSource] = {}
+        if pac is not None:
+            self.local[PAC_PATH] = lambda arrival: asyncio.to_thread(pac, arrival)
+        if metrics is not None:
+            self.local[METRICS_PATH] = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
         self._paused_at = -LOG_PAUSES_EVERY
@@ -207,8 +217,8 @@ class Server:
             if hs is None:
                 return
         request = hs.event
-        if isinstance(request, PacRequest):
-            await self._serve_pac(sock, hs, request, record, denied)
+        if isinstance(request, LocalRequest):
+            await self._serve_local(sock, hs, request, record, denied)
             return
         assert request is not None
         record.user = request.user
@@ -284,30 +294,31 @@ class Server:
                        f"bad handshake: {error.strerror} mid-handshake")
         return None
 
-    async def _serve_pac(self, sock: socket.socket, hs: Handshake, pac: PacRequest,
-                         record: Record, denied: Refusal | None) -> None:
-        what = f"{pac.method} {PAC_PATH}"
+    async def _serve_local(self, sock: socket.socket, hs: Handshake, request: LocalRequest,
+                           record: Record, denied: Refusal | None) -> None:
+        what, name = f"{request.method} {request.path}", LOCAL_NAMES[request.path]
         if denied is not None:
             code, status, kind, reason = denied
             await self._refuse(sock, hs, record, code, kind, f"{what}: {reason}", status)
             return
-        if self.pac is None:
-            reply, kind, outcome = response(HTTPStatus.NOT_FOUND), "pac", f"{what}: not served"
+        source = self.local.get(request.path)
+        if source is None:
+            reply, kind, outcome = response(HTTPStatus.NOT_FOUND), name, f"{what}: not served"
         else:
             local = sock.getsockname()
             arrival = Listen(ipaddress.ip_address(client_host(local[0])), local[1])
             try:
-                text = await asyncio.to_thread(self.pac, arrival)
+                text = await source(arrival)
             except OSError as error:  # the conf directory unreadable, say
-                reply, kind = response(HTTPStatus.INTERNAL_SERVER_ERROR), "pac error"
+                reply, kind = response(HTTPStatus.INTERNAL_SERVER_ERROR), f"{name} error"
                 outcome = f"{what}: cannot build it: {error}"
             else:
-                reply, kind = pac_reply(pac, text), "pac"
+                reply, kind = local_reply(request, LOCAL_TYPES[request.path], text), name
                 outcome = f"{what}: served ({len(text)} bytes)"
         try:
             await self._send(sock, reply)
         except OSError as error:
-            record.end("pac error", f"{what}: {error.strerror} while answering")
+            record.end(f"{name} error", f"{what}: {error.strerror} while answering")
             return
         record.down = len(reply)
         record.end(kind, outcome)

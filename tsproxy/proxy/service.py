@@ -26,7 +26,7 @@ from tsproxy_generator.addresses import endpoint
 from tsproxy_generator.model import Forward, Listen, TailnetConf
 from tsproxy_generator.vocabulary import PROXY_RELOAD_VERDICT
 
-from .. import pac
+from .. import metrics, pac
 from ..instances import load_instances, tailscaled_socket
 from ..localapi import LocalAPI
 from ..names import Resolver
@@ -91,26 +91,27 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options,
     users = Users.load(conf.users_file) if conf.users_file else None
     identities = (Identities(conf.allow_identities, LocalAPI(conf.identity_socket))
                   if conf.allow_identities else None)
-    names_socket = options.names_socket or tailscaled_socket(conf.name)
-    listen = endpoint(*listener.getsockname()[:2])
+    names = LocalAPI(options.names_socket or tailscaled_socket(conf.name))
+    stats = Stats(conf.name, endpoint(*listener.getsockname()[:2]))
     # Accepted sockets inherit NODELAY and keepalive: no syscalls per accept.
     for sock in (listener, *(sock for sock, f in forwards if f.protocol == "tcp")):
         tune(sock)
     return Server(
         listener,
-        resolver=Resolver(conf.suffix, LocalAPI(names_socket)),
+        resolver=Resolver(conf.suffix, names),
         dial=Dialer(options.device, options.dial_timeout).dial,
         policy=Policy(conf.veth_subnet, conf.allow_egress),
         networks=ClientNetworks(conf.allow_clients),
         users=users,
         identities=identities,
         caps=Limits(conf.max_connections, conf.max_connections_per_client),
-        stats=Stats(conf.name, listen),
+        stats=stats,
         pool=PipePool(),
         log=log_line,
         handshake_timeout=options.handshake_timeout,
         idle_timeout=options.idle_timeout,
         pac=functools.partial(served_pac, conf),
+        metrics=lambda arrival: metrics.scrape(stats, names),
         forwards=[(sock, forward) for sock, forward in forwards if forward.protocol == "tcp"],
     )
 

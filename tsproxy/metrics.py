@@ -1,0 +1,139 @@
+"""`GET /metrics` on the proxy's port: Prometheus' text exposition (version 0.0.4) of one
+instance, made when scraped, never on a connection's path.
+
+- the proxy's counters: connections ended by outcome (the log line's kinds), open
+  connections and tunnels, bytes each way, the start time;
+- tailscaled's state from its LocalAPI status: whether it answers, BackendState, peers
+  online and in all, seconds until the node key expires;
+- tailscaled's own client metrics (LocalAPI usermetrics, tailscaled >= 1.78), relayed with
+  the instance's label added to each sample.
+
+Every sample carries `tsproxy_instance="NAME"`, so one Prometheus can scrape every tailnet of
+a gateway (each proxy port serves its own instance).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from .localapi import LocalAPI, LocalAPIError
+from .proxy.stats import Stats
+
+LABEL = "tsproxy_instance"
+# A sample line of the text format: the name, its labels if any, the value and timestamp.
+SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?"
+                    r"( [-+]?(?:[0-9][0-9.eE+-]*|Inf|NaN)(?: -?[0-9]+)?)")
+
+
+def label_value(text: str) -> str:
+    """A label value as the text format quotes it."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class Family:
+    """One metric: its HELP and TYPE lines, then its samples."""
+
+    def __init__(self, name: str, kind: str, help_text: str, instance: str) -> None:
+        self.lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        self.name, self.instance = name, instance
+
+    def add(self, value: float, **labels: str) -> Family:
+        pairs = [(LABEL, self.instance), *sorted(labels.items())]
+        text = ",".join(f'{key}="{label_value(value_)}"' for key, value_ in pairs)
+        self.lines.append(f"{self.name}{{{text}}} {value!r}")
+        return self
+
+
+def proxy_families(stats: Stats) -> list[Family]:
+    name = stats.name
+    ended = Family("tsproxy_connections_total", "counter",
+                   "Connections (and UDP associations) ended, by outcome as the log says it.",
+                   name)
+    for outcome, count in sorted(stats.ended.items()):
+        ended.add(count, outcome=outcome)
+    traffic = Family("tsproxy_bytes_total", "counter",
+                     "Bytes relayed by ended connections, up (client to target) and down.", name)
+    return [
+        ended,
+        Family("tsproxy_connections_open", "gauge", "Connections open now, handshakes included.",
+               name).add(stats.active),
+        Family("tsproxy_tunnels_open", "gauge", "Of those, tunnels relaying.",
+               name).add(stats.tunnels),
+        traffic.add(stats.bytes_up, direction="up").add(stats.bytes_down, direction="down"),
+        Family("tsproxy_start_time_seconds", "gauge", "When the proxy started (Unix time).",
+               name).add(stats.started),
+    ]
+
+
+def tailscaled_families(name: str, status: dict[str, Any] | None,
+                        now: float | None = None) -> list[Family]:
+    """From the LocalAPI's status; None: tailscaled did not answer."""
+    up = Family("tsproxy_tailscaled_up", "gauge",
+                "Whether the instance's tailscaled answered its LocalAPI.", name)
+    if status is None:
+        return [up.add(0)]
+    peers = list((status.get("Peer") or {}).values())
+    state = Family("tsproxy_tailscaled_backend_state", "gauge",
+                   "tailscaled's BackendState (1 for the current one).", name)
+    families = [
+        up.add(1),
+        state.add(1, state=str(status.get("BackendState") or "unknown")),
+        Family("tsproxy_tailscaled_peers", "gauge", "Peers in the tailnet's netmap.",
+               name).add(len(peers)),
+        Family("tsproxy_tailscaled_peers_online", "gauge", "Of those, online now.",
+               name).add(sum(1 for peer in peers if peer.get("Online"))),
+    ]
+    expiry = (status.get("Self") or {}).get("KeyExpiry")
+    if expiry:
+        left = _seconds(str(expiry)) - (time.time() if now is None else now)
+        families.append(Family("tsproxy_tailscaled_key_expiry_seconds", "gauge",
+                               "Seconds until the node key expires (absent: never).",
+                               name).add(round(left)))
+    return families
+
+
+def _seconds(rfc3339: str) -> float:
+    # Go writes 2027-02-23T10:00:00Z, maybe with fractions; Python 3.11 reads both.
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def relayed(name: str, text: str) -> list[str]:
+    """tailscaled's own exposition with the instance's label added to every sample; lines
+    the format does not know are dropped rather than passed on broken."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            lines.append(line)
+            continue
+        match = SAMPLE.fullmatch(line)
+        if match is None:
+            continue
+        metric, labels, rest = match.groups()
+        ours = f'{LABEL}="{label_value(name)}"'
+        lines.append(f"{metric}{{{ours}{',' + labels if labels else ''}}}{rest}")
+    return lines
+
+
+def render(families: Iterable[Family], extra: Iterable[str] = ()) -> str:
+    return "\n".join([*(line for family in families for line in family.lines), *extra]) + "\n"
+
+
+async def scrape(stats: Stats, api: LocalAPI) -> str:
+    """Everything /metrics shows, asked of tailscaled now."""
+    try:
+        status: dict[str, Any] | None = await api.status()
+    except LocalAPIError:
+        status = None
+    extra: list[str] = []
+    if status is not None:
+        try:
+            code, body = await api.get("usermetrics")
+        except LocalAPIError:
+            code, body = 0, b""
+        if code == 200:  # older tailscaled: 404, and only tsproxy's own metrics
+            extra = relayed(stats.name, body.decode("utf-8", "replace"))
+    return render([*proxy_families(stats), *tailscaled_families(stats.name, status)], extra)
