@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from tsproxy.proto import (
+    AssociateRequest,
     ConnectRequest,
     Failure,
     HttpConnectHandshake,
@@ -32,7 +33,7 @@ TRAILING = b"\x16\x03\x01 payload\r\n\r\n\x05\x01\x00"
 @dataclass(frozen=True)
 class Outcome:
     sent: bytes
-    request: ConnectRequest | None = None
+    request: ConnectRequest | AssociateRequest | None = None
     leftover: bytes = b""
     error: str | None = None  # ProtocolError.reason
     pac: PacRequest | None = None  # HTTP only: GET /proxy.pac
@@ -60,8 +61,9 @@ def run(make: Make, chunks: Iterable[bytes], eof: bool = False) -> Outcome:
         assert hs.request is None
         return Outcome(bytes(sent) + error.reply, error=error.reason, kind=error.kind)
     pac = hs.pac if isinstance(hs, HttpConnectHandshake) else None
-    assert hs.event == (pac or hs.request)
-    return Outcome(bytes(sent), hs.request, hs.leftover, pac=pac)
+    request = hs.event if isinstance(hs.event, AssociateRequest) else hs.request
+    assert hs.event == (pac or request)
+    return Outcome(bytes(sent), request, hs.leftover, pac=pac)
 
 
 def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:

@@ -62,6 +62,17 @@ class ConnectRequest:
 
 
 @dataclass(frozen=True)
+class AssociateRequest:
+    """SOCKS5 UDP ASSOCIATE (RFC 1928 section 7): relay datagrams for the client, as long as
+    this connection lasts."""
+
+    host: str  # where the client says it will send from: an IP literal, often 0.0.0.0
+    port: int  # 0: not known yet (the client's first datagram tells)
+    protocol: str  # "socks5"
+    user: str | None  # the authenticated user, if authentication is on
+
+
+@dataclass(frozen=True)
 class PacRequest:
     """`GET /proxy.pac` (or HEAD), HTTP only: the server answers with pac_reply() and closes."""
 
@@ -69,8 +80,8 @@ class PacRequest:
 
 
 # What a complete handshake asks for: a tunnel (CONNECT, or HTTP forwarding, whose rewritten
-# head is the tunnel's first payload) or the PAC file.
-Event = ConnectRequest | PacRequest
+# head is the tunnel's first payload), a UDP relay (SOCKS5 only) or the PAC file.
+Event = ConnectRequest | AssociateRequest | PacRequest
 
 
 class Handshake:
