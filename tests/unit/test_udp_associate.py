@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 from test_proxy_server import LOOPBACK, Lines, run, served
+from test_proxy_server import world as proxy_world
 
 from tsproxy.localapi import LocalAPI
 from tsproxy.names import Resolver
@@ -185,4 +186,29 @@ def test_idle_and_stop_end_associations(monkeypatch: pytest.MonkeyPatch) -> None
             await task
             assert record.kind == "shutdown"
             client_end.close()
+    run(scenario())
+
+
+def test_through_the_server() -> None:
+    """The server hands a checked ASSOCIATE to the relay, BND being the address the client
+    connected to; a proxy without the datagram socket (a unit from before) answers REP 7."""
+    async def scenario() -> None:
+        for with_socket in (True, False):
+            async with proxy_world() as proxy, world() as w:
+                proxy.server.udp = w.relay if with_socket else None
+                reader, writer = await proxy.connect()
+                writer.write(b"\x05\x01\x00\x05\x03\x00\x01" + bytes(6))
+                answer = await reader.readexactly(12)
+                if with_socket:
+                    port = proxy.address[1].to_bytes(2, "big")
+                    assert answer == b"\x05\x00\x05\x00\x00\x01\x7f\x00\x00\x01" + port
+                else:
+                    assert answer == b"\x05\x00\x05\x07\x00\x01" + bytes(6)
+                    assert await reader.read() == b""
+                writer.close()
+                await asyncio.sleep(0.05)
+            assert proxy.log.lines[-1].endswith(
+                ": closed" if with_socket else
+                ": refused (REP 7): UDP ASSOCIATE: no datagram socket on the proxy's port")
+            assert " socks5 udp up=0 down=0 " in proxy.log.lines[-1]
     run(scenario())
