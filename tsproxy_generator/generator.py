@@ -75,7 +75,8 @@ def generate(conf: TailnetConf, out: Output) -> None:
     instance = unit(INSTANCE, name)
     out.drop_in(instance, conf.path, {})
     out.drop_in(unit(PROXY, name, ".socket"), conf.path,
-                {"Socket": [f"ListenStream={conf.listen}", *forward_sockets(conf)]})
+                {"Socket": [f"ListenStream={conf.listen}", f"ListenDatagram={conf.listen}",
+                            *forward_sockets(conf)]})
     args = " ".join(conf.tailscaled_args)
     out.drop_in(unit(TAILSCALED, name), conf.path,
                 {"Service": [f'Environment="TSPROXY_TAILSCALED_ARGS={escape(args)}"']})
@@ -88,7 +89,8 @@ def generate(conf: TailnetConf, out: Output) -> None:
 
 
 def forward_sockets(conf: TailnetConf) -> list[str]:
-    """Each forward's socket on the conf's listen address, handed to the proxy with its own:
+    """Each forward's socket on the conf's listen address, handed to the proxy with its own
+    (the stream socket, and the datagram socket on the same port for SOCKS5 UDP ASSOCIATE):
     the proxy tells them apart by their local port and type."""
     kinds = {"tcp": "ListenStream", "udp": "ListenDatagram"}
     return [f"{kinds[forward.protocol]}={endpoint(conf.listen.address, forward.port)}"

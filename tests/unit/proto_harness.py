@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from tsproxy.proto import (
+    AssociateRequest,
     ConnectRequest,
     Failure,
     HttpConnectHandshake,
@@ -32,7 +33,7 @@ TRAILING = b"\x16\x03\x01 payload\r\n\r\n\x05\x01\x00"
 @dataclass(frozen=True)
 class Outcome:
     sent: bytes
-    request: ConnectRequest | None = None
+    request: ConnectRequest | AssociateRequest | None = None
     leftover: bytes = b""
     error: str | None = None  # ProtocolError.reason
     local: LocalRequest | None = None  # HTTP only: GET /proxy.pac, /metrics
@@ -60,8 +61,9 @@ def run(make: Make, chunks: Iterable[bytes], eof: bool = False) -> Outcome:
         assert hs.request is None
         return Outcome(bytes(sent) + error.reply, error=error.reason, kind=error.kind)
     local = hs.local if isinstance(hs, HttpConnectHandshake) else None
-    assert hs.event == (local or hs.request)
-    return Outcome(bytes(sent), hs.request, hs.leftover, local=local)
+    request = hs.event if isinstance(hs.event, AssociateRequest) else hs.request
+    assert hs.event == (local or request)
+    return Outcome(bytes(sent), request, hs.leftover, local=local)
 
 
 def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:

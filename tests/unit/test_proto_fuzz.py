@@ -31,7 +31,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from proto_harness import Make, Outcome, run, split
 
-from tsproxy.proto import Authenticate, ConnectRequest, HttpConnectHandshake, Socks5Handshake
+from tsproxy.proto import (
+    AssociateRequest,
+    Authenticate,
+    ConnectRequest,
+    HttpConnectHandshake,
+    Socks5Handshake,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -95,10 +101,13 @@ def socks5_handshakes(draw: st.DrawFn) -> tuple[bytes, Authenticate | None, Outc
         authenticate = accepts(user, password)
     kind, host, packed = address(draw)
     atyp = {"ipv4": b"\x01", "ipv6": b"\x04", "name": b"\x03" + bytes([len(packed)])}[kind]
-    port = draw(st.integers(1, 65535))
-    data += bytes([5, 1, draw(st.integers(0, 255))]) + atyp + packed + port.to_bytes(2, "big")
+    # UDP ASSOCIATE may name port 0 (the client does not know its port yet).
+    command = draw(st.sampled_from([1, 3]))
+    port = draw(st.integers(1 if command == 1 else 0, 65535))
+    data += bytes([5, command, draw(st.integers(0, 255))]) + atyp + packed + port.to_bytes(2, "big")
     payload = draw(st.binary(max_size=64))
-    expected = Outcome(sent, ConnectRequest(host, port, "socks5", user), payload)
+    kind = ConnectRequest if command == 1 else AssociateRequest
+    expected = Outcome(sent, kind(host, port, "socks5", user), payload)
     return data + payload, authenticate, expected
 
 

@@ -49,11 +49,12 @@ def test_bad_listen_and_conf(tmp_path: Path) -> None:
 
 def test_forward_sockets_from_systemd_are_told_apart(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """The proxy's socket first, then the forwards' in any order, matched by port and type; a
-    socket the conf does not know is one line (units older or newer than the conf)."""
-    def bound(kind: socket.SocketKind) -> socket.socket:
+    """The proxy's socket first, then UDP ASSOCIATE's (a datagram socket on the proxy's port)
+    and the forwards' in any order, matched by port and type; a socket the conf does not know
+    is one line (units older or newer than the conf)."""
+    def bound(kind: socket.SocketKind, port: int = 0) -> socket.socket:
         sock = socket.socket(socket.AF_INET, kind)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         if kind == socket.SOCK_STREAM:
             sock.listen()
         return sock
@@ -61,15 +62,16 @@ def test_forward_sockets_from_systemd_are_told_apart(tmp_path: Path,
     proxy_, tcp, udp = (bound(socket.SOCK_STREAM), bound(socket.SOCK_STREAM),
                         bound(socket.SOCK_DGRAM))
     tcp_port, udp_port = tcp.getsockname()[1], udp.getsockname()[1]
+    associate = bound(socket.SOCK_DGRAM, proxy_.getsockname()[1])
     (tmp_path / "fgpu.conf").write_text(
         f"listen = 127.0.0.1:{proxy_.getsockname()[1]}\n"
         f"forward = {udp_port}/udp=db:53, {tcp_port}=db:5432, 9/udp=db:9\n")
     conf = load(str(tmp_path / "fgpu.conf"))
-    monkeypatch.setattr(cli_proxy, "inherited_sockets", lambda: [proxy_, udp, tcp])
+    monkeypatch.setattr(cli_proxy, "inherited_sockets", lambda: [proxy_, udp, associate, tcp])
     lines: list[str] = []
     monkeypatch.setattr(cli_proxy, "log_line", lines.append)
-    listener, forwards = cli_proxy.inherited(conf)
-    assert listener is proxy_
+    listener, udp_associate, forwards = cli_proxy.inherited(conf)
+    assert (listener, udp_associate) == (proxy_, associate)
     assert [(sock, str(forward)) for sock, forward in forwards] == [
         (udp, f"{udp_port}/udp=db:53"), (tcp, f"{tcp_port}/tcp=db:5432")]
     assert lines == ["fgpu: forward 9/udp=db:9 has no socket yet: systemctl daemon-reload, "
@@ -80,5 +82,5 @@ def test_forward_sockets_from_systemd_are_told_apart(tmp_path: Path,
     assert str(caught.value) == (f"proxy: {tmp_path}/fgpu.conf has no forward for the socket on "
                                  f"{udp_port}: systemctl daemon-reload, then systemctl restart "
                                  "tsproxy@fgpu")
-    for sock in (proxy_, tcp, udp):
+    for sock in (proxy_, tcp, udp, associate):
         sock.close()

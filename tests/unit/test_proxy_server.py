@@ -10,10 +10,11 @@ import ipaddress
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,16 +104,26 @@ async def world(*, users: Users | None = None, clients: Sequence[Network] = LOOP
                     users=users, identities=None, caps=Limits(*caps),
                     stats=Stats("fgpu", "127.0.0.1:0"), pool=PipePool(), log=log,
                     handshake_timeout=handshake_timeout, pac=pac)
-    serving = asyncio.ensure_future(server.serve())
     try:
-        yield World(server, listener.getsockname(), echo_port, log, dialed)
+        async with served(server.serve()):
+            yield World(server, listener.getsockname(), echo_port, log, dialed)
+    finally:
+        listener.close()
+        echo_server.close()
+        server.pool.clear()
+
+
+@asynccontextmanager
+async def served(serve: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """`serve` running (past its first step) until the block ends, then cancelled."""
+    serving = asyncio.ensure_future(serve)
+    await asyncio.sleep(0)
+    try:
+        yield
     finally:
         serving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await serving
-        listener.close()
-        echo_server.close()
-        server.pool.clear()
 
 
 def run(test: object) -> None:

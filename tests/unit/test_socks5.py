@@ -8,6 +8,7 @@ import pytest
 from proto_harness import Make, Outcome, closed_at_every_prefix, refused, run, tr
 
 from tsproxy.proto import (
+    AssociateRequest,
     ConnectRequest,
     Failure,
     ProtocolError,
@@ -75,6 +76,31 @@ def test_connect_without_auth(request_bytes: bytes, expected: ConnectRequest) ->
     tr(no_auth, NO_AUTH + request_bytes, Outcome(b"\x05\x00", expected))
 
 
+def associate(host: str, port: int, user: str | None = None) -> AssociateRequest:
+    return AssociateRequest(host, port, "socks5", user)
+
+
+@pytest.mark.parametrize(("request_bytes", "expected"), [
+    # RFC 1928 section 7: zeros when the client does not know where it will send from.
+    (b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00", associate("0.0.0.0", 0)),
+    (b"\x05\x03\x00\x01\x64\x50\x00\x02\x13\x88", associate("100.80.0.2", 5000)),
+    (b"\x05\x03\x00\x04" + bytes(16) + b"\x00\x00", associate("::", 0)),
+    (domain(b"client.fgpu", 0, command=3), associate("client.fgpu", 0)),
+])
+def test_udp_associate(request_bytes: bytes, expected: AssociateRequest) -> None:
+    tr(no_auth, NO_AUTH + request_bytes, Outcome(b"\x05\x00", expected))
+
+
+def test_udp_associate_after_a_login() -> None:
+    tr(with_auth, USER_PASS + ALICE + b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00",
+       Outcome(b"\x05\x02\x01\x00", associate("0.0.0.0", 0, "alice")))
+
+
+def test_udp_associate_without_the_login_is_refused() -> None:
+    refused(with_auth, USER_PASS + b"\x05\x03\x00\x01\x00\x00\x00\x00\x00\x00",
+            b"\x05\x02\x01\x01", "RFC 1929 login with version byte 5")
+
+
 @pytest.mark.parametrize("greeting", [
     b"\x05\x01\x00", b"\x05\x02\x02\x00", b"\x05\x04\x80\x01\xfe\x00", bytes([5, 255, *range(255)]),
 ])
@@ -130,11 +156,14 @@ REFUSALS = [
     (with_auth, USER_PASS + b"\x01\x03eve\x06secret", b"\x05\x02\x01\x01",
      "authentication failed for user 'eve'"),
     (with_auth, USER_PASS + b"\x01\x02\xff\xfe\x06secret", b"\x05\x02\x01\x01", "not in UTF-8"),
-    # CMD: BIND, UDP ASSOCIATE, unknown -> REP 7, checked before the address type.
+    # CMD: BIND, unknown -> REP 7, checked before the address type.
     (no_auth, NO_AUTH + b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50",
      b"\x05\x00" + REFUSED[Reply.COMMAND_NOT_SUPPORTED], "command BIND not supported"),
-    (no_auth, NO_AUTH + domain(b"gpu1.fgpu", command=3),
-     b"\x05\x00" + REFUSED[Reply.COMMAND_NOT_SUPPORTED], "command UDP_ASSOCIATE not supported"),
+    # UDP ASSOCIATE: an unusable name is REP 4 as for CONNECT, ATYP unknown REP 8.
+    (no_auth, NO_AUTH + domain(b"", command=3), b"\x05\x00" + REFUSED[Reply.HOST_UNREACHABLE],
+     "is not a host name"),
+    (no_auth, NO_AUTH + b"\x05\x03\x00\x05", b"\x05\x00" + REFUSED[Reply.ADDRESS_TYPE_NOT_SUPPORTED],
+     "address type 5 not supported"),
     (no_auth, NO_AUTH + b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50",
      b"\x05\x00" + REFUSED[Reply.COMMAND_NOT_SUPPORTED], "command 9 not supported"),
     (no_auth, NO_AUTH + b"\x05\x02\x00\x09", b"\x05\x00" + REFUSED[Reply.COMMAND_NOT_SUPPORTED],

@@ -3,10 +3,11 @@
 Under systemd (tsproxy-socks@NAME.service) the listening socket comes from
 tsproxy-socks@NAME.socket, made in the host's namespace, while this process runs inside the
 instance's namespace: every outbound connection leaves from there. The same socket unit
-holds the conf's forwards, one socket each after the proxy's own; they are told apart by
-their port and type. For tests and benchmarks it also runs standalone: `--listen IP:PORT`
-binds its own socket (and the forwards' on the same IP), `--conf PATH` reads a conf from
-anywhere.
+holds a datagram socket on the proxy's own address and port (SOCKS5 UDP ASSOCIATE's) and
+the conf's forwards, one socket each, after the proxy's own stream socket; they are told
+apart by their port and type. For tests and benchmarks it also runs standalone: `--listen
+IP:PORT` binds its own sockets (and the forwards' on the same IP), `--conf PATH` reads a
+conf from anywhere.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import socket
 
 from tsproxy_generator.config import load
-from tsproxy_generator.model import ConfigError, Listen, TailnetConf
+from tsproxy_generator.model import ConfigError, Forward, Listen, TailnetConf
 
 from ..activation import bind, inherited_sockets, parse_listen
 from ..errors import TsproxyError
@@ -66,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
     if args.listen:
         listen = parse_listen(args.listen)
         listener, forwards = bind(listen), bound_forwards(conf, listen)
+        # The port the listener got (--listen IP:0 picks one): UDP ASSOCIATE's is the same.
+        port = listener.getsockname()[1]
+        associate: socket.socket | None = bind(Listen(listen.address, port), socket.SOCK_DGRAM)
     else:
-        listener, forwards = inherited(conf)
+        listener, associate, forwards = inherited(conf)
     stats = args.stats
     if stats is None and os.environ.get("RUNTIME_DIRECTORY"):
         # systemd made the directory (RuntimeDirectory=) and removes it when the unit stops.
@@ -76,15 +80,17 @@ def run(args: argparse.Namespace) -> int:
                               names_socket=args.names_socket,
                               handshake_timeout=args.handshake_timeout,
                               dial_timeout=args.dial_timeout, idle_timeout=args.idle_timeout)
-    return service.run(conf, listener, options, forwards, lambda: read_conf(args))
+    return service.run(conf, listener, options, forwards, associate, lambda: read_conf(args))
 
 
 KINDS = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
 
 
-def inherited(conf: TailnetConf) -> tuple[socket.socket, service.Forwards]:
+def inherited(conf: TailnetConf) -> tuple[socket.socket, socket.socket | None,
+                                          service.Forwards]:
     """The sockets systemd passed (from tsproxy-socks@NAME.socket): the proxy's listening
-    socket first, then the forwards' in any order."""
+    socket first, then UDP ASSOCIATE's (the datagram socket on the same port; a unit from
+    before it has none) and the forwards' in any order."""
     sockets = inherited_sockets()
     if not sockets:
         raise TsproxyError("proxy: expects its listening socket from systemd (run it through "
@@ -94,8 +100,12 @@ def inherited(conf: TailnetConf) -> tuple[socket.socket, service.Forwards]:
             socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
         raise TsproxyError("proxy: the socket from systemd is not a listening stream socket")
     wanted = {(KINDS[f.protocol], f.port): f for f in conf.forwards}
-    forwards = []
+    forwards: list[tuple[socket.socket, Forward]] = []
+    associate = None
     for sock in sockets[1:]:
+        if (sock.type, sock.getsockname()[1]) == (socket.SOCK_DGRAM, listener.getsockname()[1]):
+            associate = sock
+            continue
         forward = wanted.pop((sock.type, sock.getsockname()[1]), None)
         if forward is None:  # the socket unit is older or newer than the conf
             raise TsproxyError(f"proxy: {conf.path} has no forward for the socket on "
@@ -105,7 +115,7 @@ def inherited(conf: TailnetConf) -> tuple[socket.socket, service.Forwards]:
     for forward in wanted.values():
         log_line(f"{conf.name}: forward {forward} has no socket yet: systemctl "
                  f"daemon-reload, then systemctl restart tsproxy@{conf.name}")
-    return listener, forwards
+    return listener, associate, forwards
 
 
 def bound_forwards(conf: TailnetConf, listen: Listen) -> service.Forwards:

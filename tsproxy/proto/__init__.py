@@ -8,6 +8,8 @@ fuzzed. Both handshakes have the h11 shape::
     match hs.event:                            # None until the request is complete
         case ConnectRequest(): dial, send(hs.reply(Reply.SUCCEEDED, bound)), forward hs.leftover
                                or, refused, send(hs.refusal(code, status)[0])
+        case AssociateRequest(): (SOCKS5 only) relay datagrams, each carrying the header
+                               socks5_udp.parse_datagram reads, until the connection closes
         case LocalRequest(): (HTTP only) send(local_reply(event, type, text)) and close
 
 ProtocolError.reply holds the exact bytes to send before closing (b"" means just close) and
@@ -18,6 +20,7 @@ bytes it is given to send.
 from __future__ import annotations
 
 from .base import (
+    AssociateRequest,
     Authenticate,
     ConnectRequest,
     Event,
@@ -32,6 +35,7 @@ from .http_response import local_reply
 from .socks5 import Socks5Handshake
 
 __all__ = [
+    "AssociateRequest",
     "Authenticate",
     "ConnectRequest",
     "Event",

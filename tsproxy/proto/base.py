@@ -62,6 +62,17 @@ class ConnectRequest:
 
 
 @dataclass(frozen=True)
+class AssociateRequest:
+    """SOCKS5 UDP ASSOCIATE (RFC 1928 section 7): relay datagrams for the client, as long as
+    this connection lasts."""
+
+    host: str  # where the client says it will send from: an IP literal, often 0.0.0.0
+    port: int  # 0: not known yet (the client's first datagram tells)
+    protocol: str  # "socks5"
+    user: str | None  # the authenticated user, if authentication is on
+
+
+@dataclass(frozen=True)
 class LocalRequest:
     """`GET /proxy.pac` or `GET /metrics` (or HEAD), HTTP only: a resource the proxy serves
     itself; the server answers with local_reply() and closes."""
@@ -71,8 +82,9 @@ class LocalRequest:
 
 
 # What a complete handshake asks for: a tunnel (CONNECT, or HTTP forwarding, whose rewritten
-# head is the tunnel's first payload) or a resource of the proxy's own.
-Event = ConnectRequest | LocalRequest
+# head is the tunnel's first payload), a UDP relay (SOCKS5 only) or a resource of the
+# proxy's own (HTTP only).
+Event = ConnectRequest | AssociateRequest | LocalRequest
 
 
 class Handshake:

@@ -22,16 +22,23 @@ Decisions where the RFCs leave room (each has a test):
   ("127.0.0.1" with ATYP 3) are accepted as they are: the egress policy judges addresses,
   not the parser.
 - Port 0 can never be connected to: REP 2 "not allowed by ruleset", refused without dialing.
+- UDP ASSOCIATE (CMD 3) is an AssociateRequest. Its DST.ADDR/DST.PORT say where the client
+  will send from, and RFC 1928 lets it send zeros when it does not know: port 0 and the
+  address 0.0.0.0 are fine there. Only the port is of use to the relay (the client's
+  address is the one its connection comes from); a name is held to the same rule as
+  CONNECT's. BIND stays REP 7.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Callable
 from enum import IntEnum
 from http import HTTPStatus
 
 from .base import (
+    AssociateRequest,
     Authenticate,
     ConnectRequest,
     Failure,
@@ -89,7 +96,7 @@ def _login_failed(reason: str) -> ProtocolError:
 
 
 class Socks5Handshake(Handshake):
-    """One client's SOCKS5 handshake, up to the CONNECT request."""
+    """One client's SOCKS5 handshake, up to the CONNECT or UDP ASSOCIATE request."""
 
     def __init__(self, authenticate: Authenticate | None = None) -> None:
         super().__init__(authenticate)
@@ -132,15 +139,19 @@ class Socks5Handshake(Handshake):
             return self._greeting()
         if self._state is _State.AUTH:
             return self._login()
-        return self._connect()
+        return self._request()
+
+    def _framed(self, version: int, size: int,
+                wrong: Callable[[int], ProtocolError]) -> bytearray | None:
+        """The buffer once it holds `size` bytes; a wrong version byte fails at once."""
+        buf = self._buffer
+        if buf and buf[0] != version:
+            raise wrong(buf[0])
+        return buf if len(buf) >= size else None
 
     def _greeting(self) -> bytes | None:
-        buf = self._buffer
-        if len(buf) < 1:
-            return None
-        if buf[0] != VERSION:
-            raise ProtocolError(f"not SOCKS5: version byte {buf[0]}")
-        if len(buf) < 2 or len(buf) < 2 + buf[1]:
+        buf = self._framed(VERSION, 2, lambda v: ProtocolError(f"not SOCKS5: version byte {v}"))
+        if buf is None or len(buf) < 2 + buf[1]:
             return None
         end = 2 + buf[1]
         offered = bytes(buf[2:end])
@@ -154,12 +165,9 @@ class Socks5Handshake(Handshake):
         return bytes((VERSION, wanted))
 
     def _login(self) -> bytes | None:
-        buf = self._buffer
-        if len(buf) < 1:
-            return None
-        if buf[0] != AUTH_VERSION:
-            raise _login_failed(f"RFC 1929 login with version byte {buf[0]}")
-        if len(buf) < 2:
+        buf = self._framed(AUTH_VERSION, 2,
+                           lambda v: _login_failed(f"RFC 1929 login with version byte {v}"))
+        if buf is None:
             return None
         ulen = buf[1]
         if len(buf) < 3 + ulen:
@@ -183,13 +191,9 @@ class Socks5Handshake(Handshake):
         self._state = _State.REQUEST
         return AUTH_OK
 
-    def _connect(self) -> bytes | None:
-        buf = self._buffer
-        if len(buf) < 1:
-            return None
-        if buf[0] != VERSION:
-            raise ProtocolError(f"request with version byte {buf[0]}")
-        if len(buf) < 4:
+    def _request(self) -> bytes | None:
+        buf = self._framed(VERSION, 4, lambda v: ProtocolError(f"request with version byte {v}"))
+        if buf is None:
             return None
         command, kind = buf[1], buf[3]
         if kind == AddressType.IPV4:
@@ -218,13 +222,16 @@ class Socks5Handshake(Handshake):
             host = str(ipaddress.IPv6Address(raw))
         else:
             host = self._domain(raw)
+        if command == Command.UDP_ASSOCIATE:
+            self._event = AssociateRequest(host, port, "socks5", self._user)
+            return b""
         if port == 0:
             raise ProtocolError(f"port 0 (host {shown(host)})", self.reply(Reply.NOT_ALLOWED))
         self._event = ConnectRequest(host, port, "socks5", self._user)
         return b""
 
     def _refuse_command(self, command: int) -> None:
-        if command != Command.CONNECT:
+        if command not in (Command.CONNECT, Command.UDP_ASSOCIATE):
             raise ProtocolError(f"command {_name(Command, command)} not supported",
                                 self.reply(Reply.COMMAND_NOT_SUPPORTED))
 

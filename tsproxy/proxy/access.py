@@ -161,3 +161,9 @@ class Identities:
         if any(name in self.allowed for name in names):
             return Identity(True, shown, "")
         return Identity(False, shown, f"identity {shown} is not in allow_identities")
+
+
+def client_host(host: str) -> str:
+    """The client's address as one form per client: a v4 client on a dual-stack listener
+    shows up as ::ffff:A.B.C.D."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host

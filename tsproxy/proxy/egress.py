@@ -157,7 +157,7 @@ class Dialer:
         first: DialError | None = None
         deadline = None
         for address in routed:
-            sock = self._socket(address)
+            sock = self._socket(address.version)
             try:
                 error = sock.connect_ex((str(address), port))
                 # Often the handshake is done by the time connect() returns (a peer close
@@ -188,15 +188,18 @@ class Dialer:
     def _routed(self, addresses: Sequence[Address]) -> list[Address]:
         routed = [address for address in addresses if self.routes.covers(address)]
         if not routed:
-            why = self.routes.error or f"no route through {self.device.decode()}"
-            raise DialError(Reply.NETWORK_UNREACHABLE, f"{addresses[0]}: {why}")
+            raise DialError(Reply.NETWORK_UNREACHABLE, self.unrouted(addresses[0]))
         return routed
+
+    def unrouted(self, address: Address) -> str:
+        """Why no route through the device covers `address`, for the log."""
+        return f"{address}: {self.routes.error or f'no route through {self.device.decode()}'}"
 
     def datagram(self, addresses: Sequence[Address], port: int) -> socket.socket:
         """A datagram socket connected to the first routed address (connecting a UDP socket
         sends nothing: it only fixes the peer, so answers from anyone else are dropped)."""
         routed = self._routed(addresses)
-        sock = self._socket(routed[0], socket.SOCK_DGRAM)
+        sock = self._socket(routed[0].version, socket.SOCK_DGRAM)
         try:
             sock.connect((str(routed[0]), port))
         except OSError as error:
@@ -205,9 +208,15 @@ class Dialer:
                             f"{routed[0]} port {port}: {error.strerror}") from None
         return sock
 
-    def _socket(self, address: Address,
+    def unconnected(self, version: int) -> socket.socket:
+        """A datagram socket that sends wherever each datagram goes (SOCKS5 UDP ASSOCIATE),
+        still only through the device; the caller checks every destination against the
+        policy and `routes` first."""
+        return self._socket(version, socket.SOCK_DGRAM)
+
+    def _socket(self, version: int,
                 kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
-        family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
         try:
             sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)
         except OSError as error:  # EMFILE and friends: the proxy's trouble, not the host's

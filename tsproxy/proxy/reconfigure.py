@@ -21,7 +21,7 @@ from tsproxy_generator.model import TailnetConf
 from ..errors import TsproxyError
 from ..localapi import LocalAPI
 from .access import ClientNetworks, Identities, Users
-from .datagrams import UdpForward
+from .datagrams import DatagramRelay, UdpForward
 from .egress import Policy
 from .server import Server
 from .stats import log_line
@@ -50,7 +50,7 @@ def changes(old: TailnetConf, new: TailnetConf) -> tuple[list[str], list[str]]:
     return live, restart
 
 
-def apply(new: TailnetConf, server: Server, relays: Sequence[UdpForward]) -> None:
+def apply(new: TailnetConf, server: Server, relays: Sequence[DatagramRelay]) -> None:
     """Every live key of `new`, for the connections and datagrams that come next. A users
     file that cannot be read raises TsproxyError before anything changed."""
     users = Users.load(new.users_file) if new.users_file else None
@@ -63,8 +63,8 @@ def apply(new: TailnetConf, server: Server, relays: Sequence[UdpForward]) -> Non
     policy = Policy(new.veth_subnet, new.allow_egress)
     server.users = users
     server.networks, server.identities, server.policy = networks, identities, policy
-    for relay in relays:
-        relay.networks, relay.identities, relay.policy = networks, identities, policy
+    if server.udp is not None:  # ASSOCIATE's clients are judged by the server itself
+        server.udp.policy = policy
     # The caps count what is open: the same counters, new limits.
     server.caps.total_max = new.max_connections
     server.caps.per_client_max = new.max_connections_per_client
@@ -72,7 +72,9 @@ def apply(new: TailnetConf, server: Server, relays: Sequence[UdpForward]) -> Non
     server.forwards = {fd: targets[(forward.port, forward.protocol)]
                        for fd, forward in server.forwards.items()}
     for relay in relays:
-        relay.forward = targets[(relay.forward.port, relay.forward.protocol)]
+        if isinstance(relay, UdpForward):
+            relay.networks, relay.identities, relay.policy = networks, identities, policy
+            relay.forward = targets[(relay.forward.port, relay.forward.protocol)]
 
 
 class Reloader:
@@ -81,7 +83,7 @@ class Reloader:
     `tsproxy reload NAME` waits for it."""
 
     def __init__(self, conf: TailnetConf, reread: Callable[[], TailnetConf], server: Server,
-                 relays: Sequence[UdpForward], verdict_path: str | None) -> None:
+                 relays: Sequence[DatagramRelay], verdict_path: str | None) -> None:
         self.conf, self.reread, self.server, self.relays = conf, reread, server, relays
         self.verdict_path = verdict_path
 

@@ -20,7 +20,8 @@ address the request arrived on.
 
 A TCP forward (`forward = PORT=HOST:PORT`) is one more listening socket whose connections skip
 the handshake: the forward names the target, and the same checks, names, egress policy,
-caps, relay, log line and counters apply (no login: a forward cannot ask for one).
+caps, relay, log line and counters apply (no login: a forward cannot ask for one). A UDP
+ASSOCIATE passes every check a CONNECT does; then associate.py relays its datagrams.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tsproxy_generator.model import Forward, Listen
 from .. import accepting
 from ..names import NameNotFound, ResolveError, Resolver
 from ..proto import (
+    AssociateRequest,
     HttpConnectHandshake,
     LocalRequest,
     ProtocolError,
@@ -51,7 +53,8 @@ from ..proto.forward import ForwardHandshake
 from ..proto.http_connect import METRICS_PATH, PAC_PATH
 from ..proto.http_response import METRICS_TYPE, PAC_TYPE, response
 from . import limits
-from .access import ClientNetworks, Identities, Users
+from .access import ClientNetworks, Identities, Users, client_host
+from .associate import UdpAssociate
 from .egress import DialError, Policy
 from .pipes import PipePool
 from .relay import CLOSED, IDLE, IDLE_TIMEOUT, Tunnel
@@ -98,6 +101,7 @@ class Server:
             self.local[PAC_PATH] = lambda arrival: asyncio.to_thread(pac, arrival)
         if metrics is not None:
             self.local[METRICS_PATH] = metrics
+        self.udp: UdpAssociate | None = None  # UDP ASSOCIATE's relay, when it has a socket
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
         self._paused_at = -LOG_PAUSES_EVERY
@@ -222,10 +226,16 @@ class Server:
             return
         assert request is not None
         record.user = request.user
-        record.target = endpoint(request.host, request.port)
+        if isinstance(request, AssociateRequest):
+            record.command = "udp"  # its address is where the client sends from, no target
+        else:
+            record.target = endpoint(request.host, request.port)
         if denied is not None:
             code, status, kind, reason = denied
             await self._refuse(sock, hs, record, code, kind, reason, status)
+            return
+        if isinstance(request, AssociateRequest):
+            await self._associate(sock, host, hs, record, request.port)
             return
         literal = ip_literal(request.host)
         addresses = [literal] if literal else await self._resolve(sock, hs, record, request.host)
@@ -246,6 +256,16 @@ class Server:
             await self._relay(sock, upstream, hs, record)
         finally:
             upstream.close()
+
+    async def _associate(self, sock: socket.socket, host: str, hs: Handshake, record: Record,
+                         port: int) -> None:
+        if self.udp is None:  # a socket unit from before UDP ASSOCIATE
+            await self._refuse(sock, hs, record, Reply.COMMAND_NOT_SUPPORTED, "udp",
+                               "UDP ASSOCIATE: no datagram socket on the proxy's port")
+            return
+        local = sock.getsockname()  # the datagram socket has the same address and port
+        await self.udp.hold(sock, host, port, record,
+                            hs.reply(Reply.SUCCEEDED, (client_host(local[0]), local[1])))
 
     def _cap_refusal(self, over_cap: str | None) -> Refusal | None:
         if over_cap is None:
@@ -373,12 +393,6 @@ class Server:
             sent = 0
         if sent < len(data):
             await self.loop.sock_sendall(sock, data[sent:])
-
-
-def client_host(host: str) -> str:
-    """The client's address as one form per client: a v4 client on a dual-stack listener
-    shows up as ::ffff:A.B.C.D."""
-    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def _dial_kind(reply: Reply) -> str:

@@ -1,9 +1,10 @@
 """One proxy process: builds the server from a conf and runs it until SIGTERM, with the
-relays of the conf's UDP forwards beside it.
+relays of the conf's UDP forwards and of SOCKS5 UDP ASSOCIATE beside it.
 
 SIGTERM drains: no new connection is taken (they wait in systemd's socket for the next
 process), the ones in flight get DRAIN_GRACE seconds, then the rest are cut and it exits 0.
-UDP forwards stop at once: their datagrams wait for the next process too.
+UDP relays stop at once: their datagrams wait for the next process too, and the UDP
+ASSOCIATE connections close (UDP has nothing in flight worth waiting for).
 
 SIGHUP reads the conf and the users file again and applies what can change under running
 connections (reconfigure.py). The counters file is written every few seconds and once more on
@@ -31,7 +32,8 @@ from ..instances import load_instances, tailscaled_socket
 from ..localapi import LocalAPI
 from ..names import Resolver
 from .access import ClientNetworks, Identities, Users
-from .datagrams import UdpForward
+from .associate import UdpAssociate
+from .datagrams import DatagramRelay, UdpForward
 from .egress import DEVICE, DIAL_TIMEOUT, Dialer, Policy, tune
 from .limits import Limits
 from .pipes import PipePool
@@ -116,13 +118,23 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options,
     )
 
 
-def datagram_relays(server: Server, forwards: Forwards, options: Options) -> list[UdpForward]:
-    """The UDP forwards' relays, with the server's checks, caps and counters."""
-    dial = Dialer(options.device, options.dial_timeout).datagram
-    return [UdpForward(sock, forward, resolver=server.resolver, dial=dial, policy=server.policy,
-                       networks=server.networks, identities=server.identities,
-                       caps=server.caps, stats=server.stats, log=server.log)
-            for sock, forward in forwards if forward.protocol == "udp"]
+def datagram_relays(server: Server, forwards: Forwards, options: Options,
+                    associate: socket.socket | None = None) -> list[DatagramRelay]:
+    """The UDP forwards' relays, with the server's checks, caps and counters, and UDP
+    ASSOCIATE's on the `associate` socket (handed to the server, which gives it the
+    associations)."""
+    dialer = Dialer(options.device, options.dial_timeout)
+    relays: list[DatagramRelay] = [
+        UdpForward(sock, forward, resolver=server.resolver, dial=dialer.datagram,
+                   policy=server.policy, networks=server.networks,
+                   identities=server.identities, caps=server.caps, stats=server.stats,
+                   log=server.log)
+        for sock, forward in forwards if forward.protocol == "udp"]
+    if associate is not None:
+        server.udp = UdpAssociate(associate, resolver=server.resolver, dialer=dialer,
+                                  policy=server.policy, stats=server.stats, log=server.log)
+        relays.append(server.udp)
+    return relays
 
 
 def served_pac(conf: TailnetConf, arrival: Listen) -> str:
@@ -131,15 +143,18 @@ def served_pac(conf: TailnetConf, arrival: Listen) -> str:
 
 
 def run(conf: TailnetConf, listener: socket.socket, options: Options,
-        forwards: Forwards = (), reread: Callable[[], TailnetConf] | None = None) -> int:
-    """Serve until stopped; `reread` reads the conf again on SIGHUP (default: the same)."""
+        forwards: Forwards = (), associate: socket.socket | None = None,
+        reread: Callable[[], TailnetConf] | None = None) -> int:
+    """Serve until stopped: `associate` is the datagram socket of SOCKS5 UDP ASSOCIATE (None:
+    not handed over), `reread` reads the conf again on SIGHUP (default: the same)."""
     server = build(conf, listener, options, forwards)
-    relays = datagram_relays(server, forwards, options)
+    relays = datagram_relays(server, forwards, options, associate)
     limit = raise_fd_limit(fds_needed(conf.max_connections, busy=True))
     notes = [f"egress via {options.device}", f"names .{conf.suffix}",
              f"logins {len(server.users)}" if server.users is not None else "no login",
              f"identities {','.join(conf.allow_identities)}" if server.identities else None,
-             f"pipes {server.pool.size // 1024} KiB", f"fd limit {limit}"]
+             f"pipes {server.pool.size // 1024} KiB", f"fd limit {limit}",
+             "udp associate" if server.udp else "no udp associate"]
     log_line(f"{conf.name}: proxy listening on {server.stats.listen} "
              f"({', '.join(n for n in notes if n)})")
     for sock, forward in forwards:
@@ -161,7 +176,7 @@ def run(conf: TailnetConf, listener: socket.socket, options: Options,
     return 0
 
 
-async def _main(conf: TailnetConf, server: Server, relays: list[UdpForward],
+async def _main(conf: TailnetConf, server: Server, relays: list[DatagramRelay],
                 options: Options, reloader: Reloader) -> None:
     loop = asyncio.get_running_loop()
     serving = asyncio.ensure_future(_serve(server, relays))
@@ -192,7 +207,7 @@ async def _main(conf: TailnetConf, server: Server, relays: list[UdpForward],
                 stats_file.write()
 
 
-async def _serve(server: Server, relays: list[UdpForward]) -> None:
+async def _serve(server: Server, relays: list[DatagramRelay]) -> None:
     """The server and the UDP relays, until cancelled: then all of them end."""
     async with asyncio.TaskGroup() as group:
         for relay in relays:
@@ -200,7 +215,7 @@ async def _serve(server: Server, relays: list[UdpForward]) -> None:
         await server.serve()
 
 
-async def _drain(conf: TailnetConf, server: Server, relays: list[UdpForward],
+async def _drain(conf: TailnetConf, server: Server, relays: list[DatagramRelay],
                  serving: asyncio.Future[None], grace: float) -> None:
     # UDP has no connection to finish: the next process takes the next datagram.
     for relay in relays:

@@ -29,8 +29,8 @@ def shown(text: str, limit: int = 80) -> str:
 class Record:
     """One connection, from accept to close."""
 
-    __slots__ = ("address", "client", "down", "identity", "kind", "outcome", "protocol",
-                 "started", "target", "up", "user")
+    __slots__ = ("address", "client", "command", "down", "identity", "kind", "outcome",
+                 "protocol", "started", "target", "up", "user")
 
     def __init__(self, client: str, started: float) -> None:
         self.client = client  # "IP:PORT" ("[IPv6]:PORT")
@@ -38,6 +38,7 @@ class Record:
         self.protocol = "-"
         self.user: str | None = None
         self.identity: str | None = None
+        self.command: str | None = None  # "udp": a SOCKS5 UDP ASSOCIATE
         self.target: str | None = None  # as the client asked: host:port
         self.address: str | None = None  # what was dialed
         self.up = self.down = 0
@@ -53,6 +54,8 @@ class Record:
             words.append(f"user={shown(self.user)}")
         if self.identity is not None:
             words.append(f"identity={shown(self.identity)}")
+        if self.command is not None:
+            words.append(self.command)
         if self.target is not None:
             words.append(f"to={self.target}")
         if self.address is not None:
@@ -72,6 +75,7 @@ class Stats:
         self.total = 0
         self.bytes_up = self.bytes_down = 0
         self.ended: dict[str, int] = {}  # by kind: closed, reset, refused: ..., failed: ...
+        self.datagrams_dropped: dict[str, int] = {}  # UDP ASSOCIATE's, by why
         self.changes = 0
 
     def opened(self) -> None:
@@ -96,6 +100,7 @@ class Stats:
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
             "refused": dict(sorted(refused.items())),
             "ended": dict(sorted(self.ended.items())),
+            "datagrams_dropped": dict(sorted(self.datagrams_dropped.items())),
         }
 
 
