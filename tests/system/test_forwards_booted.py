@@ -50,8 +50,10 @@ def test_forwards_through_systemd_sockets(booted_debian: Container, tailscale_de
     c.run("systemd-run --unit=tailnet-udp-echo -p NetworkNamespacePath=/run/netns/tailnet-fgpu "
           "/usr/bin/python3 /root/udp_echo.py")
     listens = c.run("systemctl show -P Listen tsproxy-socks@fgpu.socket").stdout
-    assert listens.split() == [f"{HOST_TS_IP}:11080", "(Stream)", f"{HOST_TS_IP}:18080",
-                               "(Stream)", f"{HOST_TS_IP}:17007", "(Datagram)"], listens
+    # The proxy's own (TCP, and UDP for SOCKS5 UDP ASSOCIATE), then the forwards'.
+    assert listens.split() == [f"{HOST_TS_IP}:11080", "(Stream)", f"{HOST_TS_IP}:11080",
+                               "(Datagram)", f"{HOST_TS_IP}:18080", "(Stream)",
+                               f"{HOST_TS_IP}:17007", "(Datagram)"], listens
 
     done = client(c, "curl", "-sS", "-m", "10", f"http://{HOST_TS_IP}:18080/")
     assert (done.returncode, done.stdout) == (0, "fgpu"), done.stderr + c.run(
