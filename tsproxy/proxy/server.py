@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,13 +45,11 @@ from ..proto import (
     ProtocolError,
     Reply,
     Socks5Handshake,
-    local_reply,
     sniff,
 )
 from ..proto.forward import ForwardHandshake
 from ..proto.http_connect import METRICS_PATH, PAC_PATH
-from ..proto.http_response import METRICS_TYPE, PAC_TYPE, response
-from . import limits
+from . import limits, resources
 from .access import ClientNetworks, Identities, Users, client_host
 from .associate import UdpAssociate
 from .egress import DialError, Policy
@@ -71,10 +68,6 @@ Dial = Callable[[Sequence[Address], int], Awaitable[socket.socket]]
 Refusal = tuple[Reply, HTTPStatus | None, str, str]
 # The PAC text for a request that arrived on this address (runs in a thread: it reads confs).
 PacSource = Callable[[Listen], str]
-# The text of a resource of the proxy's own, for a request that arrived on this address.
-LocalSource = Callable[[Listen], Awaitable[str]]
-LOCAL_NAMES = {PAC_PATH: "pac", METRICS_PATH: "metrics"}  # in log lines and counters
-LOCAL_TYPES = {PAC_PATH: PAC_TYPE, METRICS_PATH: METRICS_TYPE}
 
 
 class Server:
@@ -83,7 +76,7 @@ class Server:
                  identities: Identities | None, caps: limits.Limits, stats: Stats,
                  pool: PipePool, log: Log, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT, pac: PacSource | None = None,
-                 metrics: LocalSource | None = None,
+                 metrics: resources.LocalSource | None = None,
                  forwards: Sequence[tuple[socket.socket, Forward]] = ()) -> None:
         self.listener = listener
         # The forward each forward's listening socket serves, by descriptor: a reload
@@ -96,7 +89,7 @@ class Server:
         self.networks, self.users, self.identities = networks, users, identities
         self.caps, self.stats, self.pool, self.log = caps, stats, pool, log
         self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
-        self.local: dict[str, LocalSource] = {}
+        self.local: dict[str, resources.LocalSource] = {}
         if pac is not None:
             self.local[PAC_PATH] = lambda arrival: asyncio.to_thread(pac, arrival)
         if metrics is not None:
@@ -316,25 +309,12 @@ class Server:
 
     async def _serve_local(self, sock: socket.socket, hs: Handshake, request: LocalRequest,
                            record: Record, denied: Refusal | None) -> None:
-        what, name = f"{request.method} {request.path}", LOCAL_NAMES[request.path]
+        what, name = f"{request.method} {request.path}", resources.NAMES[request.path]
         if denied is not None:
             code, status, kind, reason = denied
             await self._refuse(sock, hs, record, code, kind, f"{what}: {reason}", status)
             return
-        source = self.local.get(request.path)
-        if source is None:
-            reply, kind, outcome = response(HTTPStatus.NOT_FOUND), name, f"{what}: not served"
-        else:
-            local = sock.getsockname()
-            arrival = Listen(ipaddress.ip_address(client_host(local[0])), local[1])
-            try:
-                text = await source(arrival)
-            except OSError as error:  # the conf directory unreadable, say
-                reply, kind = response(HTTPStatus.INTERNAL_SERVER_ERROR), f"{name} error"
-                outcome = f"{what}: cannot build it: {error}"
-            else:
-                reply, kind = local_reply(request, LOCAL_TYPES[request.path], text), name
-                outcome = f"{what}: served ({len(text)} bytes)"
+        reply, kind, outcome = await resources.answer(self.local, request, sock)
         try:
             await self._send(sock, reply)
         except OSError as error:
