@@ -194,10 +194,9 @@ class UdpAssociate(DatagramRelay):
     def _send_up(self, association: UdpAssociation, addresses: list[Address], port: int,
                  data: bytes) -> None:
         addresses = [unmapped(address) for address in addresses]
-        allowed = [address for address in addresses if not self.policy.refuses(address)]
+        allowed = self.policy.allowed(addresses)
         if not allowed:
-            self._drop(association, "egress",
-                       f"egress to {addresses[0]} is not allowed (see allow_egress)")
+            self._drop(association, "egress", self.policy.refusal(addresses))
             return
         routed = [address for address in allowed if self.dialer.routes.covers(address)]
         if not routed:

@@ -24,7 +24,7 @@ import socket
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
-from tsproxy_generator.addresses import Address, endpoint, ip_literal
+from tsproxy_generator.addresses import Address, endpoint
 from tsproxy_generator.model import Forward
 
 from ..names import NameNotFound, ResolveError, Resolver
@@ -241,18 +241,15 @@ class UdpForward(DatagramRelay):
 
     async def _connect(self, association: ForwardAssociation) -> Refusal | None:
         """The target resolved, judged and dialed, as the proxy does for a connection."""
-        host, port = self.forward.host, self.forward.target_port
-        literal = ip_literal(host)
         try:
-            addresses = [literal] if literal else (self.resolver.resolve_now(host) or
-                                                   await self.resolver.resolve(host))
+            addresses = await self.resolver.resolve(self.forward.host)
         except (NameNotFound, ResolveError) as error:
             return ("name", str(error))
-        allowed = [address for address in addresses if not self.policy.refuses(address)]
+        allowed = self.policy.allowed(addresses)
         if not allowed:
-            return ("egress", f"egress to {addresses[0]} is not allowed (see allow_egress)")
+            return ("egress", self.policy.refusal(addresses))
         try:
-            upstream = association.upstream = self.dial(allowed, port)
+            upstream = association.upstream = self.dial(allowed, self.forward.target_port)
         except DialError as error:
             return ("dial", f"dial failed: {error.reason}")
         association.record.address = endpoint(*upstream.getpeername()[:2])

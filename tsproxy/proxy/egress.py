@@ -92,6 +92,14 @@ class Policy:
         self._allowed = _masks(allow)
         self._is_local = is_local or LocalAddresses().contains
 
+    def allowed(self, addresses: Sequence[Address]) -> list[Address]:
+        return [address for address in addresses if not self.refuses(address)]
+
+    @staticmethod
+    def refusal(addresses: Sequence[Address]) -> str:
+        """Why none of `addresses` may be dialed, for the log."""
+        return f"egress to {addresses[0]} is not allowed (see allow_egress)"
+
     def refuses(self, address: Address) -> bool:
         address = unmapped(address)  # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel
         value = int(address)

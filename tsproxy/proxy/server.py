@@ -234,10 +234,10 @@ class Server:
         addresses = [literal] if literal else await self._resolve(sock, hs, record, request.host)
         if not addresses:
             return
-        allowed = [a for a in addresses if not self.policy.refuses(a)]
+        allowed = self.policy.allowed(addresses)
         if not allowed:
             await self._refuse(sock, hs, record, Reply.NOT_ALLOWED, "egress",
-                               f"egress to {addresses[0]} is not allowed (see allow_egress)")
+                               self.policy.refusal(addresses))
             return
         try:
             upstream = await self.dial(allowed, request.port)
