@@ -10,8 +10,6 @@ one line names the keys and the restart that takes them.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -24,7 +22,7 @@ from .access import ClientNetworks, Identities, Users
 from .datagrams import DatagramRelay, UdpForward
 from .egress import Policy
 from .server import Server
-from .stats import log_line
+from .stats import log_line, write_json
 
 # Conf keys (TailnetConf fields) that only a restart of the instance applies.
 RESTART_KEYS = frozenset({"listen", "suffix", "veth_subnet", "dns_listen", "tailscaled_args",
@@ -91,12 +89,9 @@ class Reloader:
         applied, line = self._reload()
         log_line(f"{self.conf.name}: {line}")
         if self.verdict_path is not None:
-            verdict = {"at": time.time(), "applied": applied, "line": line}
-            temporary = f"{self.verdict_path}.tmp"
             try:
-                with open(temporary, "w", encoding="utf-8") as file:
-                    json.dump(verdict, file)
-                os.replace(temporary, self.verdict_path)
+                write_json(self.verdict_path, {"at": time.time(), "applied": applied,
+                                               "line": line})
             except OSError as error:
                 log_line(f"{self.conf.name}: cannot write {self.verdict_path}: {error.strerror}")
 

@@ -104,6 +104,20 @@ class Stats:
         }
 
 
+def write_json(path: str, value: Any) -> None:
+    """Replace `path` with `value` as JSON: readers never see half of it; OSError as is."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(value, file, indent=1)
+            file.write("\n")
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 class StatsFile:
     """Writes Stats to `path` every WRITE_INTERVAL seconds while they change."""
 
@@ -115,16 +129,7 @@ class StatsFile:
         if self.stats.changes == self._written:
             return
         self._written = self.stats.changes
-        temporary = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            with open(temporary, "w", encoding="utf-8") as file:
-                json.dump(self.stats.snapshot(), file, indent=1)
-                file.write("\n")
-            os.replace(temporary, self.path)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise error
+        write_json(self.path, self.stats.snapshot())
 
     async def run(self) -> None:
         while True:
