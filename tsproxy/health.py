@@ -15,6 +15,7 @@ state (tailscaled's node key, the confs) and never logs anyone in or out.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -113,16 +114,18 @@ def resolv_conf_untouched() -> Finding:
     return Finding("host", check, None)
 
 
-def network(name: str, now: Shape, made: Shape | None = None,
-            tables: bool = True) -> list[Finding]:
+def network(name: str, now: Shape, made: Shape | None = None, tables: bool = True,
+            addresses: Callable[[], str | None] | None = None) -> list[Finding]:
     """The pieces `up` makes: gone, or changed since `made` (the watchdog's first look) or,
-    without it, flushed. `tables`: whether nftables could be read (root only)."""
+    without it, flushed. `tables`: whether nftables could be read (root only); `addresses`:
+    doctor's look at a veth that is there (its addresses and the namespace's route)."""
     ns, table = netns_name(name), f"inet {nft_table(name)}"
     fix, note = f"systemctl restart {unit(INSTANCE, name, '')}", \
         f"{unit(WATCH, name, '')} does it within seconds"
 
-    def piece(check: str, problem: str | None) -> Finding:
-        return judged(name, check, problem, fix, note=note)
+    def piece(check: str, problem: str | None, watched: bool = True) -> Finding:
+        # `watched`: the watchdog repairs it by itself (it does not look at addresses).
+        return judged(name, check, problem, fix, note=note if watched else None)
 
     def changed(what: str, there: tuple[tuple[str, int], ...] | None,
                 before: tuple[tuple[str, int], ...] | None) -> str | None:
@@ -136,7 +139,9 @@ def network(name: str, now: Shape, made: Shape | None = None,
     replaced = made is not None and now.netns != made.netns
     found = [piece("netns present", f"network namespace {ns} is gone" if now.netns is None
                    else f"network namespace {ns} was replaced" if replaced else None),
-             piece("veth, addresses and route", None if now.veth else f"veth {ns} is gone")]
+             piece("veth, addresses and route", f"veth {ns} is gone") if not now.veth else
+             piece("veth, addresses and route", addresses() if addresses else None,
+                   watched=False)]
     if tables:
         found.append(piece("nft table whole",
                            changed(table, now.table, made.table if made else None)))
@@ -180,13 +185,9 @@ def instance(conf: TailnetConf, status: Status, probes: Probes | None = None) ->
         return found
     check("instance started", None)
 
-    pieces = network(name, status.shape, tables=status.nft_table is not None) \
-        if status.shape else []
-    for piece in pieces:
-        if piece.check == "veth, addresses and route" and piece.ok and probes:
-            check(piece.check, probes.addresses(conf))
-        else:
-            found.append(piece)
+    if status.shape:
+        found += network(name, status.shape, tables=status.nft_table is not None,
+                         addresses=(lambda: probes.addresses(conf)) if probes else None)
     if probes:
         check("namespace resolv.conf", probes.resolv_conf(conf))
     check("tailscaled running", None if state("tailscaled") == "active" else
