@@ -39,6 +39,18 @@ MAX_BODY = 64 * 1024 * 1024
 MAX_LINE = 64 * 1024
 
 
+def peer_counts(status: dict[str, Any]) -> tuple[int, int]:
+    """(peers in the netmap, of those online) from a status answer."""
+    peers = list((status.get("Peer") or {}).values())
+    return len(peers), sum(1 for peer in peers if peer.get("Online"))
+
+
+def key_expiry(status: dict[str, Any]) -> str | None:
+    """When this node's key expires (RFC 3339, as tailscaled writes it); None: never."""
+    expiry = (status.get("Self") or {}).get("KeyExpiry")
+    return str(expiry) if expiry else None
+
+
 class LocalAPIError(Exception):
     """tailscaled did not answer usefully: no socket, refused, too slow, or an error status."""
 

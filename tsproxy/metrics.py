@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from .localapi import LocalAPI, LocalAPIError
+from .localapi import LocalAPI, LocalAPIError, key_expiry, peer_counts
 from .proxy.stats import Stats
 
 LABEL = "tsproxy_instance"
@@ -76,20 +76,20 @@ def tailscaled_families(name: str, status: dict[str, Any] | None,
                 "Whether the instance's tailscaled answered its LocalAPI.", name)
     if status is None:
         return [up.add(0)]
-    peers = list((status.get("Peer") or {}).values())
+    total, online = peer_counts(status)
     state = Family("tsproxy_tailscaled_backend_state", "gauge",
                    "tailscaled's BackendState (1 for the current one).", name)
     families = [
         up.add(1),
         state.add(1, state=str(status.get("BackendState") or "unknown")),
         Family("tsproxy_tailscaled_peers", "gauge", "Peers in the tailnet's netmap.",
-               name).add(len(peers)),
+               name).add(total),
         Family("tsproxy_tailscaled_peers_online", "gauge", "Of those, online now.",
-               name).add(sum(1 for peer in peers if peer.get("Online"))),
+               name).add(online),
     ]
-    expiry = (status.get("Self") or {}).get("KeyExpiry")
+    expiry = key_expiry(status)
     if expiry:
-        left = _seconds(str(expiry)) - (time.time() if now is None else now)
+        left = _seconds(expiry) - (time.time() if now is None else now)
         families.append(Family("tsproxy_tailscaled_key_expiry_seconds", "gauge",
                                "Seconds until the node key expires (absent: never).",
                                name).add(round(left)))

@@ -21,7 +21,7 @@ from tsproxy_generator.vocabulary import DNS_SERVICE, DNS_SOCKET, PROXY_STATS_DI
 from . import health, holders, network, systemd
 from .health import units_of
 from .instances import tailscaled_socket
-from .localapi import LocalAPI, LocalAPIError
+from .localapi import LocalAPI, LocalAPIError, key_expiry, peer_counts
 
 TIMEOUT = 3.0
 
@@ -135,11 +135,8 @@ def _read_tailscaled(status: Status, answer: dict[str, Any] | str) -> None:
     tailnet = answer.get("CurrentTailnet") or {}
     status.tailnet = tailnet.get("Name") or answer.get("MagicDNSSuffix") or None
     status.ips = [str(ip) for ip in answer.get("TailscaleIPs") or []]
-    peers = list((answer.get("Peer") or {}).values())
-    status.peers_total = len(peers)
-    status.peers_online = sum(1 for peer in peers if peer.get("Online"))
-    expiry = (answer.get("Self") or {}).get("KeyExpiry")
-    status.key_expiry = str(expiry) if expiry else None
+    status.peers_total, status.peers_online = peer_counts(answer)
+    status.key_expiry = key_expiry(answer)
     status.health = [str(line) for line in answer.get("Health") or []]
 
 
