@@ -77,11 +77,15 @@ def _clash(listen: Listen, owners: dict[int, list[tuple[Listen, TailnetConf]]],
     for theirs, other in owners.get(listen.port, ()):
         if share and theirs == listen:
             continue
-        # An unspecified address (0.0.0.0, ::) takes the port on every address.
-        if theirs.address == listen.address or listen.address.is_unspecified \
-                or theirs.address.is_unspecified:
+        if same_address(theirs, listen):
             return other
     return None
+
+
+def same_address(a: Listen, b: Listen) -> bool:
+    """Whether the two could not both bind their port: the same address, or an unspecified
+    one (0.0.0.0, ::), which takes the port on every address."""
+    return a.address == b.address or a.address.is_unspecified or b.address.is_unspecified
 
 
 def _basename(conf: TailnetConf) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from configobj import ConfigObj, ConfigObjError, DuplicateError, flatten_errors, get_extra_values
 from validate import Validator, VdtTypeError
 
-from .clashes import Claims
+from .clashes import Claims, same_address
 from .model import ConfigError, Forward, Listen, TailnetConf
 from .paths import CONF_DIR
 from .values import CONFIGSPEC, DNS_PORT, VALIDATOR_CHECKS
@@ -160,9 +160,8 @@ def _forward_clashes(path: str, forwards: tuple[Forward, ...], listen: Listen,
         if forward.port == listen.port:
             problems.append(ConfigError(path, "forward", f'"{forward}": port {forward.port} is '
                                                          "the proxy's own (listen)"))
-        elif dns_listen and forward.port == dns_listen.port and (
-                dns_listen.address == listen.address or dns_listen.address.is_unspecified
-                or listen.address.is_unspecified):
+        elif dns_listen and forward.port == dns_listen.port and \
+                same_address(dns_listen, listen):
             problems.append(ConfigError(path, "forward", f'"{forward}": port {forward.port} is '
                                                          "the DNS responder's (dns_listen)"))
     return problems
