@@ -2,7 +2,8 @@
 instance, made when scraped, never on a connection's path.
 
 - the proxy's counters: connections ended by outcome (the log line's kinds), open
-  connections and tunnels, bytes each way, the start time;
+  connections and tunnels, bytes each way, the start time, and histograms of handshake and
+  dial latency;
 - tailscaled's state from its LocalAPI status: whether it answers, BackendState, peers
   online and in all, seconds until the node key expires;
 - tailscaled's own client metrics (LocalAPI usermetrics, tailscaled >= 1.78), relayed with
@@ -21,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from .localapi import LocalAPI, LocalAPIError, key_expiry, peer_counts
-from .proxy.stats import Stats
+from .proxy.stats import Histogram, Stats
 
 LABEL = "tsproxy_instance"
 # A sample line of the text format: the name, its labels if any, the value and timestamp.
@@ -41,11 +42,16 @@ class Family:
         self.lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         self.name, self.instance = name, instance
 
-    def add(self, value: float, **labels: str) -> Family:
+    def add(self, value: float, suffix: str = "", **labels: str) -> Family:
         pairs = [(LABEL, self.instance), *sorted(labels.items())]
         text = ",".join(f'{key}="{label_value(value_)}"' for key, value_ in pairs)
-        self.lines.append(f"{self.name}{{{text}}} {value!r}")
+        self.lines.append(f"{self.name}{suffix}{{{text}}} {value!r}")
         return self
+
+    def histogram(self, observed: Histogram) -> Family:
+        for bound, count in observed.cumulative():
+            self.add(count, "_bucket", le="+Inf" if bound == float("inf") else repr(bound))
+        return self.add(observed.sum, "_sum").add(observed.cumulative()[-1][1], "_count")
 
 
 def proxy_families(stats: Stats) -> list[Family]:
@@ -66,6 +72,12 @@ def proxy_families(stats: Stats) -> list[Family]:
         traffic.add(stats.bytes_up, direction="up").add(stats.bytes_down, direction="down"),
         Family("tsproxy_start_time_seconds", "gauge", "When the proxy started (Unix time).",
                name).add(stats.started),
+        Family("tsproxy_handshake_seconds", "histogram",
+               "From accepting a connection to its complete SOCKS5 or HTTP request.",
+               name).histogram(stats.handshakes),
+        Family("tsproxy_dial_seconds", "histogram",
+               "From starting a dial into the tailnet to its verdict, connected or not.",
+               name).histogram(stats.dials),
     ]
 
 

@@ -47,6 +47,11 @@ def test_promtool_accepts_the_metrics(world: ProxyWorld) -> None:
     assert sample(text, "tsproxy_tailscaled_up") == 1
     assert sample(text, "tsproxy_tailscaled_backend_state", state="Running") == 1
     assert sample(text, "tsproxy_tailscaled_peers") == 4
+    # Four requests and this scrape completed their handshakes; the egress refusal never
+    # dialled.
+    assert sample(text, "tsproxy_handshake_seconds_count") == 5
+    assert sample(text, "tsproxy_dial_seconds_count") == 3
+    assert sample(text, "tsproxy_dial_seconds_bucket", le="+Inf") == 3
     # tailscaled's own metrics, relayed with the instance's label.
     assert sample(text, "tailscaled_inbound_bytes_total", path="direct_ipv4") == 1234
     world.wait_log(r": GET /metrics: served \(\d+ bytes\)")

@@ -48,6 +48,7 @@ def test_tailscaled_state_and_key_expiry() -> None:
 def test_promtool_accepts_every_family() -> None:
     stats = Stats('fg"pu', "100.121.76.21:11080")  # a label value that needs escaping
     stats.ended = {"closed": 5, "refused: egress": 1}
+    stats.dials.observe(0.02)
     status = {"BackendState": "NeedsLogin", "Peer": {}}
     text = metrics.render([*metrics.proxy_families(stats),
                            *metrics.tailscaled_families('fg"pu', status)],
@@ -55,3 +56,22 @@ def test_promtool_accepts_every_family() -> None:
     done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr + text
+
+
+def test_latency_histograms_count_cumulatively() -> None:
+    stats = Stats("fgpu", "100.121.76.21:11080")
+    for seconds in (0.0004, 0.0005, 0.003, 0.003, 42.0):
+        stats.handshakes.observe(seconds)
+    text = metrics.render(metrics.proxy_families(stats))
+    lines = [line for line in text.splitlines()
+             if line.startswith("tsproxy_handshake_seconds")]
+    assert 'tsproxy_handshake_seconds_bucket{tsproxy_instance="fgpu",le="0.0005"} 2' in lines
+    assert 'tsproxy_handshake_seconds_bucket{tsproxy_instance="fgpu",le="0.0025"} 2' in lines
+    assert 'tsproxy_handshake_seconds_bucket{tsproxy_instance="fgpu",le="0.005"} 4' in lines
+    assert 'tsproxy_handshake_seconds_bucket{tsproxy_instance="fgpu",le="10.0"} 4' in lines
+    assert 'tsproxy_handshake_seconds_bucket{tsproxy_instance="fgpu",le="+Inf"} 5' in lines
+    assert 'tsproxy_handshake_seconds_count{tsproxy_instance="fgpu"} 5' in lines
+    name, value = lines[-2].split(" ")
+    assert name == 'tsproxy_handshake_seconds_sum{tsproxy_instance="fgpu"}'
+    assert float(value) == pytest.approx(42.0069)
+    assert 'tsproxy_dial_seconds_count{tsproxy_instance="fgpu"} 0' in text

@@ -213,6 +213,7 @@ class Server:
             hs = await self._handshake(sock, record, authenticate)
             if hs is None:
                 return
+            self.stats.handshakes.observe(self.loop.time() - record.started)
         request = hs.event
         if isinstance(request, LocalRequest):
             await self._serve_local(sock, hs, request, record, denied)
@@ -239,12 +240,15 @@ class Server:
             await self._refuse(sock, hs, record, Reply.NOT_ALLOWED, "egress",
                                self.policy.refusal(addresses))
             return
+        dialing = self.loop.time()
         try:
             upstream = await self.dial(allowed, request.port)
         except DialError as error:
+            self.stats.dials.observe(self.loop.time() - dialing)
             await self._refuse(sock, hs, record, error.reply, _dial_kind(error.reply),
                                f"dial failed: {error.reason}")
             return
+        self.stats.dials.observe(self.loop.time() - dialing)
         try:
             await self._relay(sock, upstream, hs, record)
         finally:

@@ -8,6 +8,7 @@ event loop leave in one write. The counters file is replaced atomically every fe
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -15,6 +16,10 @@ import time
 from typing import Any
 
 WRITE_INTERVAL = 2.0
+# Seconds: a handshake or a dial on a tailnet takes from well under a millisecond (a peer on
+# a direct path) to the timeouts' 10 s (a client that never finishes, a peer that is gone).
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
 
 
 def shown(text: str, limit: int = 80) -> str:
@@ -64,6 +69,30 @@ class Record:
         return f"{' '.join(words)}: {self.outcome}"
 
 
+class Histogram:
+    """Observations counted into fixed buckets, as Prometheus' histograms are: one bisect and
+    two additions each, cheap enough for every connection."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations at or below it), ending with (inf, all of them)."""
+        total, pairs = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            pairs.append((bound, total))
+        return pairs
+
+
 class Stats:
     """Counters of one proxy process."""
 
@@ -76,6 +105,8 @@ class Stats:
         self.bytes_up = self.bytes_down = 0
         self.ended: dict[str, int] = {}  # by kind: closed, reset, refused: ..., failed: ...
         self.datagrams_dropped: dict[str, int] = {}  # UDP ASSOCIATE's, by why
+        self.handshakes = Histogram()  # accept to a complete request, seconds
+        self.dials = Histogram()  # a dial's start to its verdict, connected or not
         self.changes = 0
 
     def opened(self) -> None:
