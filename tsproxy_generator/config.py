@@ -191,10 +191,16 @@ def _validate_message(error: object, value: object, spec: str) -> str:
 
 
 def conf_paths(conf_dir: str = CONF_DIR) -> list[str]:
+    """The confs in the directory, by name; none when it is missing. One that cannot be read
+    (a user who is not root, when the administrator made it 0700) is a ConfigError: no confs
+    would be a wrong answer."""
     try:
         names = sorted(os.listdir(conf_dir))
     except FileNotFoundError:
         return []
+    except OSError as error:
+        raise ConfigError(conf_dir, None, f"cannot read the directory: {error.strerror}") \
+            from None
     return [os.path.join(conf_dir, n) for n in names if n.endswith(CONF_SUFFIX)]
 
 

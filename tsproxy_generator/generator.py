@@ -16,7 +16,7 @@ from . import paths, vocabulary
 from .addresses import endpoint
 from .config import conf_paths, load_all
 from .log import ERR, INFO, Log
-from .model import TailnetConf
+from .model import ConfigError, TailnetConf
 from .vocabulary import DNS_SOCKET, ENABLED_BY, INSTANCE, LOGIN, PROXY, TAILSCALED, unit
 
 # Every file is created exclusively, as open(path, "x") does.
@@ -130,7 +130,11 @@ def run(argv: list[str] | None = None) -> int:
         log(INFO, "disabled by tsproxy=no on the kernel command line")
         return 0
     conf_dir = os.path.join(root, paths.CONF_DIR[1:])
-    confs, errors = load_all(conf_paths(conf_dir), root)
+    try:
+        confs, errors = load_all(conf_paths(conf_dir), root)
+    except ConfigError as unreadable:
+        log(ERR, f"{unreadable} (no tailnet started)")
+        return 1
     out = Output(argv[0])
     for error in errors:
         log(ERR, f"{error} (skipped)")

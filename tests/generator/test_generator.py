@@ -80,3 +80,17 @@ def test_usage_error_is_one_line(tmp_path: Path) -> None:
                             env={"PYTHONPATH": str(REPO), "SYSTEMD_LOG_TARGET": "console"})
     assert (result.returncode, result.stderr) == (
         2, "tsproxy-generator: usage: tsproxy-generator NORMAL_DIR [EARLY_DIR LATE_DIR]\n")
+
+
+def test_an_unreadable_conf_directory_is_one_line_and_no_units(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/tsproxy.d").write_text("")  # listdir() fails for root too
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_generator(root, out)
+    assert result.returncode == 1
+    assert result.stderr.replace(str(root), "") == \
+        "tsproxy-generator: /etc/tsproxy.d: cannot read the directory: Not a directory " \
+        "(no tailnet started)\n"
+    assert not any(path.is_file() for path in out.rglob("*"))

@@ -55,3 +55,17 @@ def test_errors_still_decide_the_exit_status(tmp_path: Path, capsys: pytest.Capt
         "TMP/fgpu.conf: listen: 192.0.2.21 is not an address of this host yet (tsproxy starts "
         "anyway, FreeBind); is the primary tailscale up? see tailscale ip -4",
         "TMP/bad.conf: port: unknown key (see tsproxy.d(5))"]
+
+
+def test_a_conf_directory_that_cannot_be_read_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # As root, a mode 0700 directory reads anyway: a file where the directory belongs fails
+    # the same listdir() for every user.
+    (tmp_path / "tsproxy.d").write_text("")
+    monkeypatch.setenv("TSPROXY_CONF_DIR", str(tmp_path / "tsproxy.d"))
+    for command in ("check", "list", "status"):
+        assert main([command]) == 1
+        _, err = capsys.readouterr()
+        assert err == f"tsproxy: {tmp_path}/tsproxy.d: cannot read the directory: " \
+                      "Not a directory\n", command

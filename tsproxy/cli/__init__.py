@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from tsproxy_generator.model import ConfigError
+
 from .. import __version__
 from ..errors import TsproxyError
 
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = module.parse(sub, argv[1:]) if hasattr(module, "parse") else sub.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except TsproxyError as error:
+    except (TsproxyError, ConfigError) as error:
         print(f"tsproxy: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
