@@ -56,15 +56,13 @@ class Status:
     netns: bool | None = None
     veth: bool | None = None
     nft_table: bool | None = None
-    # Another process on the proxy's or the DNS responder's port, while tsproxy's socket
-    # is down: restarting cannot help until it is stopped. Seen by root only.
-    listen_held: str | None = None
-    dns_listen_held: str | None = None
     # The host's forwarding guard (forwarding.py), when tsproxy turned forwarding on.
     forwarding_guard: bool | None = None
     # What health.py judges, beside the above: not part of the JSON.
     states: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> properties
     shape: network.Shape | None = None
+    # Another process on the proxy's or the DNS responder's port, while tsproxy's socket
+    # is down: restarting cannot help until it is stopped. Seen by root only.
     held: holders.Held | None = None
     dns_held: holders.Held | None = None
 
@@ -72,6 +70,8 @@ class Status:
         shown = asdict(self)
         for private in ("states", "shape", "held", "dns_held"):
             del shown[private]
+        # In JSON, who holds the port and how to stop it.
+        shown["listen_held"], shown["dns_listen_held"] = _held(self.held), _held(self.dns_held)
         return shown
 
 
@@ -172,10 +172,8 @@ def _read_holders(status: Status, conf: TailnetConf) -> None:
     it is stopped."""
     if status.units["proxy_socket"] != "active":
         status.held = holders.held(conf.listen)
-        status.listen_held = _held(status.held)
     if conf.dns_listen and status.units["dns_socket"] != "active":
         status.dns_held = holders.held(conf.dns_listen, ("udp", "tcp"))
-        status.dns_listen_held = _held(status.dns_held)
 
 
 def _held(held: holders.Held | None) -> str | None:

@@ -143,7 +143,8 @@ def test_status_names_the_holder_not_a_restart(conf: TailnetConf,
     conf = load_text(conf, "dns_listen = 100.121.76.21:53\n")
     row = active_row(conf, proxy_socket="failed", dns_socket="failed")
     status._read_holders(row, conf)
-    assert row.listen_held == f"{HELD}: systemctl disable --now expose-socks-tsFGPU.service"
+    assert row.as_json()["listen_held"] == \
+        f"{HELD}: systemctl disable --now expose-socks-tsFGPU.service"
     assert health.first_problem(health.instance(conf, row)) == (
         "100.121.76.21:11080 (tcp) is held by socat (pid 812, unit expose-socks-tsFGPU.service): "
         "systemctl disable --now expose-socks-tsFGPU.service, then systemctl restart "
@@ -151,7 +152,7 @@ def test_status_names_the_holder_not_a_restart(conf: TailnetConf,
     # The proxy socket free and up, the DNS port still held.
     row = active_row(conf, dns_socket="failed")
     status._read_holders(row, conf)
-    assert row.listen_held is None
+    assert row.as_json()["listen_held"] is None
     assert health.first_problem(health.instance(conf, row)) == (
         "100.121.76.21:53 (udp) is held by coredns (pid 813, unit coredns-fgpu.service): "
         "systemctl disable --now coredns-fgpu.service, then systemctl restart "
