@@ -37,7 +37,7 @@ from tsproxy_generator.addresses import is_host_name
 from tsproxy_generator.model import TailnetConf
 
 from .errors import TsproxyError
-from .localapi import LocalAPI, LocalAPIError, peer_counts
+from .localapi import LocalAPI, LocalAPIError, key_expiry, peer_counts
 from .proxy.stats import Stats
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ async def served(conf: TailnetConf, stats: Stats, api: LocalAPI) -> str:
 def judge(conf: TailnetConf, answer: dict[str, Any] | str) -> Status | str:
     """The instance's status as `tsproxy status` judges it, less what only the host sees;
     or, when systemd cannot be asked, why there is no verdict."""
-    # Imported when first asked for: pystemd would add ~70 ms to every start of the proxy.
+    # Imported when first asked for: status and pystemd would add ~40 ms to every start of
+    # the proxy.
     from . import status, systemd
     from .health import units_of
     try:
@@ -135,7 +136,8 @@ def node(answer: dict[str, Any] | str) -> list[str]:
     tailnet = (answer.get("CurrentTailnet") or {}).get("Name") or answer.get("MagicDNSSuffix")
     rows = [("State", answer.get("BackendState")), ("Tailnet", tailnet),
             ("Node", str(me.get("DNSName") or "").rstrip(".") or me.get("HostName")),
-            ("Addresses", ", ".join(str(ip) for ip in answer.get("TailscaleIPs") or []))]
+            ("Addresses", ", ".join(str(ip) for ip in answer.get("TailscaleIPs") or [])),
+            ("Key expires", key_expiry(answer))]
     return ["<h2>tailscaled</h2>", '<table id="node">',
             *(f"<tr><th>{label}</th><td>{escape(str(value or '-'))}</td></tr>"
               for label, value in rows), "</table>"]

@@ -74,6 +74,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     peers[1]["Online"], peers[1]["OS"] = False, "windows"
     peers[2].update(DNSName="", HostName="GPU-Box")  # no MagicDNS name: its HostName
     answer = make_status("gw", ["100.64.0.2"], peers=peers)
+    answer["Self"]["KeyExpiry"] = "2027-02-23T10:00:00Z"
     with FakeLocalAPI(tmp_path / "run/fgpu/tailscaled.sock", status=answer) as api:
         built = World(tmp_path, load(str(conf_path)), api)
         built.units()
@@ -193,6 +194,7 @@ def test_peers_with_links_online_state_and_os(world: World) -> None:
                                          ("bad", "offline", "windows", "100.64.0.9"),
                                          ("ok", "online", "linux", "100.64.0.7")]
     assert "<h2>Peers (2 of 3 online)</h2>" in world.page()
+    assert "<tr><th>Key expires</th><td>2027-02-23T10:00:00Z</td></tr>" in world.page()
 
 
 def test_hostile_names_and_os_are_escaped(world: World) -> None:
