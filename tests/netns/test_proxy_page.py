@@ -1,12 +1,15 @@
 """The status page (`GET /`) on the proxy's port, as a real browser gets it: headless
 Chromium in the client namespace takes a screenshot and dumps the DOM, which must show the
-health (here: no systemd in the fake host, so no verdict, and it says why), a peer with its
-OS, online state and link, and the traffic; the page's link to a peer then leads there
-through the PAC. The same client checks as /proxy.pac."""
+health, a peer with its OS, online state and link, and the traffic; the page's link to a
+peer then leads there through the PAC. The same client checks as /proxy.pac.
+
+The fake host has no systemd: systemd_bus.py answers on its /run/systemd/private instead,
+so the proxy asks unit states with pystemd over D-Bus as it does on a real gateway."""
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import struct
@@ -29,11 +32,20 @@ from proxyhost import (
 )
 from test_proxy_pac import CHROMIUM, CHROMIUM_FLAGS
 
+from tsproxy.health import units_of
+
 pytestmark = pytest.mark.netns
 
 PAGE_URL = f"http://{PROXY}/"
 PAC_URL = f"http://{PROXY}/proxy.pac"
 WINDOW = (900, 700)
+RUNNING = {"ActiveState": "active", "SubState": "running"}
+
+
+def units(world: ProxyWorld, **changed: dict[str, str]) -> None:
+    """Every unit of the instance running, but for `changed` (by role)."""
+    states = {unit: changed.get(role, RUNNING) for role, unit in units_of(NAME).items()}
+    (world.workdir / "units.json").write_text(json.dumps(states))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +53,12 @@ def world(world: ProxyWorld) -> Iterator[ProxyWorld]:
     # A web server on the peer's port 80, where the page's links lead.
     world.fake.spawn("ip", "netns", "exec", TARGET, sys.executable,
                      str(REPO / "tests/netns/whoami.py"), "0.0.0.0", "80")
-    world.start_proxy("allow_clients = 100.80.0.0/24\n")
+    units(world)
+    world.fake.spawn(sys.executable, str(REPO / "tests/netns/systemd_bus.py"),
+                     "/run/systemd/private", str(world.workdir / "units.json"))
+    # tailscaled "installed" (health.tailscaled_installed) where the fake host has it.
+    world.start_proxy("allow_clients = 100.80.0.0/24\n",
+                      wrapper=("env", f"TSPROXY_TAILSCALED={world.fake.tailscaled}"))
     yield world
 
 
@@ -114,9 +131,10 @@ def test_chromium_shows_the_page(world: ProxyWorld, tmp_path: Path) -> None:
 
     dom = chromium(world, tmp_path, PAGE_URL, "--dump-dom")
     assert dom.count("<script") == 0
-    # No systemd in the fake host: no verdict, and why, rather than a guess.
-    assert re.search(r'<p id="health" class="unknown">Not judged: <span id="problem">'
-                     r"cannot reach systemd \(", dom), dom
+    # Every unit up (as systemd_bus.py tells), tailscaled Running: healthy, with what the
+    # page cannot see named.
+    assert '<p id="health" class="ok">Healthy</p>' in dom, dom
+    assert "except for the host's side of its network" in dom
     # The peer web: its link, online, its OS and address.
     row = re.search(r'<tr><td><a href="http://web\.fgpu/">web\.fgpu</a></td>'
                     r'<td class="ok">online</td><td>linux</td><td>([^<]*)</td></tr>', dom)
@@ -140,6 +158,22 @@ def test_chromium_shows_the_page(world: ProxyWorld, tmp_path: Path) -> None:
     seen = chromium(world, tmp_path, link[1], f"--proxy-pac-url={PAC_URL}", "--dump-dom")
     assert re.search(rf"<pre[^>]*>{re.escape(GATEWAY_TS)}\n?</pre>", seen), seen
     world.wait_log(rf" socks5 to=web\.{NAME}:80 addr={TARGET4}:80 .*: closed")
+
+
+def test_the_verdict_follows_the_units(world: ProxyWorld) -> None:
+    try:
+        units(world, watch={"ActiveState": "failed", "SubState": "failed",
+                            "Result": "exit-code"})
+        page = world.curl(PAGE_URL).stdout
+        assert text_of(page, "problem") == \
+            f"tsproxy-watch@{NAME}.service is failed: systemctl restart tsproxy@{NAME}", page
+        units(world, tailscaled={"ActiveState": "inactive", "SubState": "dead"})
+        page = world.curl(PAGE_URL).stdout
+        assert text_of(page, "problem") == (f"tsproxy-tailscaled@{NAME}.service is inactive: "
+                                            f"systemctl restart tsproxy@{NAME}"), page
+    finally:
+        units(world)
+    assert '<p id="health" class="ok">Healthy</p>' in world.curl(PAGE_URL).stdout
 
 
 def test_the_page_obeys_allow_clients(world: ProxyWorld) -> None:
