@@ -85,26 +85,39 @@ def gather(good: list[TailnetConf], bad: dict[str, str]) -> list[Status]:
                            if unit_name not in shared] + list(shared))
     answers = asyncio.run(_ask_all([conf.name for conf in good]))
     by_name = {conf.name: conf for conf in good}
-    result = []
-    for name in names:
-        status = Status(name, conf_error=bad.get(name))
-        status.states = {role: states[unit] for role, unit in units_of(name).items()}
-        status.units = {role: _state(properties) for role, properties in status.states.items()}
-        conf = by_name.get(name)
-        if conf is None:
-            findings = [health.conf_finding(name, status.conf_error)]
-        else:
-            status.listen = str(conf.listen)
-            status.dns_listen = str(conf.dns_listen) if conf.dns_listen else None
-            _read_tailscaled(status, answers[name])
-            _read_stats(status)
-            _read_network(status)
-            _read_holders(status, conf)
-            findings = [health.tailscaled_installed(), *health.instance(conf, status)]
-        status.problem = health.first_problem(findings)
-        status.healthy = status.problem is None
-        result.append(status)
-    return result
+    return [judge(by_name[name], states, answers[name]) if name in by_name else
+            _judged(_units(Status(name, conf_error=bad[name]), states),
+                    [health.conf_finding(name, bad[name])]) for name in names]
+
+
+def judge(conf: TailnetConf, states: dict[str, dict[str, str]],
+          answer: dict[str, Any] | str, host: bool = True) -> Status:
+    """A good conf's status, judged: from its units' properties (systemd.show's, by unit),
+    tailscaled's status answer (or why there is none) and, with `host`, a look at the host's
+    side of its network (namespace, veth, nft tables) and at who holds its ports. The proxy
+    runs inside the tailnet's namespace and sees none of that: host=False leaves those
+    checks out (its status page says so)."""
+    status = _units(Status(conf.name), states)
+    status.listen = str(conf.listen)
+    status.dns_listen = str(conf.dns_listen) if conf.dns_listen else None
+    _read_tailscaled(status, answer)
+    _read_stats(status)
+    if host:
+        _read_network(status)
+        _read_holders(status, conf)
+    return _judged(status, [health.tailscaled_installed(), *health.instance(conf, status)])
+
+
+def _units(status: Status, states: dict[str, dict[str, str]]) -> Status:
+    status.states = {role: states[unit] for role, unit in units_of(status.name).items()}
+    status.units = {role: _state(properties) for role, properties in status.states.items()}
+    return status
+
+
+def _judged(status: Status, findings: list[health.Finding]) -> Status:
+    status.problem = health.first_problem(findings)
+    status.healthy = status.problem is None
+    return status
 
 
 def _state(properties: dict[str, str]) -> str:

@@ -5,7 +5,9 @@ command status names); `doctor`; the troubleshooting helpers `tailscale` and `ex
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,11 @@ def test_status_list_logout(booted_debian: Container, tailscale_deb: Path) -> No
     assert table.returncode == 3 and "\033[" not in table.stdout  # no terminal, no colour
     assert table.stdout.splitlines()[1].split()[:9] == [
         "fgpu", "UNHEALTHY", "up", "up", "up", "-", "up", "up", "NeedsLogin"]
+    # The status page, served by the real proxy unit from inside the namespace (unit states
+    # over D-Bus, tailscaled's LocalAPI), shows the health `tsproxy status` shows.
+    page = c.run(f"curl -sS -m 10 http://{HOST_TS_IP}:11080/").stdout
+    shown = re.search(r'<p id="health" class="bad">Unhealthy: <span id="problem">([^<]*)<', page)
+    assert shown and html.unescape(shown[1]) == fgpu(c)["problem"], page
     # The proxy's counters show once it has served a connection.
     c.run(f"curl -sS -m 5 -x socks5h://{HOST_TS_IP}:11080 http://127.0.0.1.fgpu/", check=False)
     wait_for(lambda: (fgpu(c)["connections_total"] or 0) >= 1, what="the proxy's counters")

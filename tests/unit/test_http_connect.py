@@ -224,7 +224,7 @@ def test_incomplete_head_waits() -> None:
 def test_a_failed_handshake_stays_failed() -> None:
     hs = HttpConnectHandshake()
     with pytest.raises(ProtocolError):
-        hs.receive_data(b"GET / HTTP/1.1\r\n")
+        hs.receive_data(b"GET /nope HTTP/1.1\r\n")
     with pytest.raises(ProtocolError, match="already failed") as caught:
         hs.receive_data(head())
     assert caught.value.reply == b""
@@ -254,7 +254,7 @@ def test_reply(code: Reply, expected: bytes) -> None:
     (with_auth, head(basic("alice:wrong")), Failure.LOGIN),
     (with_auth, head("Proxy-Authorization: Bearer x"), Failure.LOGIN),
     (with_auth, head(basic("alice:secret"), basic("alice:secret")), Failure.BAD_HANDSHAKE),
-    (no_auth, b"GET / HTTP/1.1\r\n\r\n", Failure.BAD_HANDSHAKE),
+    (no_auth, b"GET /nope HTTP/1.1\r\n\r\n", Failure.BAD_HANDSHAKE),
     (no_auth, head(version="HTTP/2.0"), Failure.BAD_HANDSHAKE),
 ])
 def test_failure_kind(make: Make, data: bytes, kind: Failure) -> None:

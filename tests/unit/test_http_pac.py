@@ -63,7 +63,7 @@ def test_the_event_waits_for_the_end_of_the_head() -> None:
     (pac_head(method="POST"), GET_OR_HEAD, "method 'POST' not supported for /proxy.pac"),
     (pac_head(method="get"), GET_OR_HEAD, "method 'get'"),  # methods are case-sensitive
     (pac_head(method="DELETE"), GET_OR_HEAD, "method 'DELETE'"),
-    (pac_head(target="/"), NOT_FOUND, "no resource '/' here"),
+    (pac_head(target="/index.html"), NOT_FOUND, "no resource '/index.html' here"),
     (pac_head(target="/proxy.pac/"), NOT_FOUND, "no resource"),
     (pac_head(target="/proxy.pacx"), NOT_FOUND, "no resource"),
     (pac_head(target="/PROXY.PAC"), NOT_FOUND, "no resource"),  # paths are case-sensitive
@@ -86,7 +86,7 @@ def test_refused(data: bytes, sent: bytes, reason: str) -> None:
 
 def test_refused_at_the_request_line() -> None:
     # A wrong path is answered as soon as the request line ends, not at the end of the head.
-    outcome = run(no_auth, [b"GET / HTTP/1.1\r\n"])
+    outcome = run(no_auth, [b"GET /nope HTTP/1.1\r\n"])
     assert outcome.sent == NOT_FOUND
 
 

@@ -15,11 +15,11 @@ Decisions (each has a test):
   the answer. Userinfo in the URL: 400. A bare LF line ending: 400, because another parser
   reads the head next. Any other target with a method other than CONNECT (https:// URLs,
   `*`): 405 with `Allow: CONNECT`.
-- Origin-form resources of the proxy's own: `GET /proxy.pac` and `GET /metrics` (or HEAD, a
-  query string allowed) are local requests (the event is a LocalRequest): no target, and no
-  credentials asked for, because browsers fetch their PAC file, and Prometheus scrapes,
-  without proxy credentials. Another method on them: 405 with `Allow: GET, HEAD`; any other
-  origin-form path: 404.
+- Origin-form resources of the proxy's own: `GET /proxy.pac`, `GET /metrics` and the status
+  page `GET /` (or HEAD, a query string allowed) are local requests (the event is a
+  LocalRequest): no target, and no credentials asked for, because browsers fetch their PAC
+  file and pages, and Prometheus scrapes, without proxy credentials. Another method on them:
+  405 with `Allow: GET, HEAD`; any other origin-form path: 404.
 - Only Proxy-Authorization is used, and only with authentication on; then a repeated one is
   400 (which one would count?).
 - Authentication on: a missing, non-Basic, undecodable (bad base64, not UTF-8, no ':') or
@@ -57,7 +57,8 @@ from .http_response import ESTABLISHED, STATUS, bad, refused, response, unauthor
 
 PAC_PATH = "/proxy.pac"
 METRICS_PATH = "/metrics"
-LOCAL_PATHS = (PAC_PATH, METRICS_PATH)
+PAGE_PATH = "/"
+LOCAL_PATHS = (PAC_PATH, METRICS_PATH, PAGE_PATH)
 
 
 class HttpConnectHandshake(Handshake):

@@ -1,6 +1,7 @@
 """Every HTTP response the proxy writes itself: the tunnel's 200, the error responses (each
-closes the connection) and the PAC file. The parsers and the server decide on typed values
-(a Reply, an HTTPStatus, a LocalRequest); the bytes are made here."""
+closes the connection) and its own resources (the PAC file, the metrics, the status page).
+The parsers and the server decide on typed values (a Reply, an HTTPStatus, a LocalRequest);
+the bytes are made here."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ REALM = "tsproxy"
 ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 PAC_TYPE = "application/x-ns-proxy-autoconfig"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition
+PAGE_TYPE = "text/html; charset=utf-8"
 
 # What a failed dial looks like to an HTTP client. REP 1 is what the resolver being down
 # maps to, a gateway problem like the others, hence 502 rather than 500.
@@ -35,9 +37,9 @@ def response(status: HTTPStatus, *headers: str) -> bytes:
 
 
 def local_reply(request: LocalRequest, content_type: str, text: str) -> bytes:
-    """A resource of the proxy's own (the PAC file, the metrics) as a complete response;
-    HEAD gets the head alone. no-cache: browsers fetch the PAC again when they look, so a
-    conf change reaches them without a stale copy."""
+    """A resource of the proxy's own (the PAC file, the metrics, the page) as a complete
+    response; HEAD gets the head alone. no-cache: browsers fetch the PAC again when they
+    look, so a conf change reaches them without a stale copy (and the page is always now)."""
     body = text.encode("utf-8")
     head = "\r\n".join(["HTTP/1.1 200 OK", f"Content-Type: {content_type}",
                          f"Content-Length: {len(body)}", "Cache-Control: no-cache",

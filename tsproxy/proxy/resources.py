@@ -1,6 +1,6 @@
-"""The resources the proxy serves itself on its port (`GET /proxy.pac`, `GET /metrics`): each
-made by an injected source when asked for, given the address the request arrived on, and
-answered as one complete response (then the connection closes)."""
+"""The resources the proxy serves itself on its port (`GET /proxy.pac`, `GET /metrics`, the
+status page `GET /`): each made by an injected source when asked for, given the address the
+request arrived on, and answered as one complete response (then the connection closes)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from http import HTTPStatus
 from tsproxy_generator.model import Listen
 
 from ..proto import LocalRequest, local_reply
-from ..proto.http_connect import METRICS_PATH, PAC_PATH
-from ..proto.http_response import METRICS_TYPE, PAC_TYPE, response
+from ..proto.http_connect import METRICS_PATH, PAC_PATH, PAGE_PATH
+from ..proto.http_response import METRICS_TYPE, PAC_TYPE, PAGE_TYPE, response
 from .access import client_host
 
 # The text of a resource, for a request that arrived on this address.
 LocalSource = Callable[[Listen], Awaitable[str]]
-NAMES = {PAC_PATH: "pac", METRICS_PATH: "metrics"}  # in log lines and counters
-TYPES = {PAC_PATH: PAC_TYPE, METRICS_PATH: METRICS_TYPE}
+NAMES = {PAC_PATH: "pac", METRICS_PATH: "metrics", PAGE_PATH: "page"}  # log lines, counters
+TYPES = {PAC_PATH: PAC_TYPE, METRICS_PATH: METRICS_TYPE, PAGE_PATH: PAGE_TYPE}
 
 
 async def answer(sources: dict[str, LocalSource], request: LocalRequest,

@@ -27,10 +27,11 @@ from tsproxy_generator.addresses import endpoint
 from tsproxy_generator.model import Forward, Listen, TailnetConf
 from tsproxy_generator.vocabulary import PROXY_RELOAD_VERDICT
 
-from .. import metrics, pac
+from .. import metrics, pac, page
 from ..instances import load_instances, tailscaled_socket
 from ..localapi import LocalAPI
 from ..names import Resolver
+from ..proto.http_connect import PAGE_PATH
 from .access import ClientNetworks, Identities, Users
 from .associate import UdpAssociate
 from .datagrams import DatagramRelay, UdpForward
@@ -98,7 +99,7 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options,
     # Accepted sockets inherit NODELAY and keepalive: no syscalls per accept.
     for sock in (listener, *(sock for sock, f in forwards if f.protocol == "tcp")):
         tune(sock)
-    return Server(
+    server = Server(
         listener,
         resolver=Resolver(conf.suffix, names),
         dial=Dialer(options.device, options.dial_timeout).dial,
@@ -116,6 +117,9 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options,
         metrics=lambda arrival: metrics.scrape(stats, names),
         forwards=[(sock, forward) for sock, forward in forwards if forward.protocol == "tcp"],
     )
+    # The status page is one more resource of the proxy's own, under the PAC's checks.
+    server.local[PAGE_PATH] = lambda arrival: page.served(conf, stats, names)
+    return server
 
 
 def datagram_relays(server: Server, forwards: Forwards, options: Options,
