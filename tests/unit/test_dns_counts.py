@@ -1,0 +1,115 @@
+"""The responder's query counters: what each answer counts, on both paths alike, and the file
+it writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dns_harness import DNS, STATUS, query, raw_query, responder
+from fake_localapi import FakeLocalAPI
+
+from tsproxy.dns.answer import Responder
+from tsproxy.dns.counts import QueryCounts
+from tsproxy.proxy.stats import StatsFile
+
+pytestmark = pytest.mark.unit
+
+
+def edns_version(data: bytes, version: int) -> bytes:
+    """The query with its OPT record (the last, without options) saying `version`."""
+    return data[:-5] + bytes([version]) + data[-4:]
+
+
+# Queries, each with the counter it must land in: (instance, type, RCODE).
+CORPUS = [
+    (query("10.1.2.3.fgpu"), ("fgpu", "A", "NOERROR")),
+    (query("10.1.2.3.fgpu", "AAAA"), ("fgpu", "AAAA", "NOERROR")),
+    (query("a.b.fgpu", edns=1232), ("fgpu", "A", "NXDOMAIN")),
+    (query("web.fgpu"), ("fgpu", "A", "NOERROR")),  # a peer: tailscaled is asked
+    (query("nobody.fgpu"), ("fgpu", "A", "NXDOMAIN")),
+    (query("fgpu", "SOA"), ("fgpu", "SOA", "NOERROR")),
+    (query("txt.corp.example", "TXT"), ("fgpu", "TXT", "NOERROR")),
+    (query("servfail.corp.example"), ("fgpu", "A", "SERVFAIL")),
+    (query("1.2.3.4.work.example", 65280), ("work", "other", "NOERROR")),
+    (edns_version(query("1.2.3.4.work.example", edns=1232), 1), ("work", "A", "BADVERS")),
+    (query("example.com"), ("", "A", "REFUSED")),
+    (query("10.1.2.3.fgpu", qclass=3), ("", "A", "REFUSED")),  # class CH: in no zone
+    (query("10.1.2.3.fgpu", opcode=2), ("", "A", "NOTIMP")),
+    (query("10.1.2.3.fgpu", opcode=5), ("", "A", "REFUSED")),  # UPDATE
+    (raw_query(b"\3fgpu\0", counts=(2, 0, 0, 0), tail=b"\3fgpu\0\0\1\0\1"),
+     ("", "none", "FORMERR")),
+    (b"\x12\x34\x01\x00\x00\x01" + b"\xff" * 20, ("", "none", "FORMERR")),
+]
+
+
+@pytest.fixture
+def fakes(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    with FakeLocalAPI(tmp_path / "fgpu.sock", STATUS, dns=DNS) as fgpu, \
+            FakeLocalAPI(tmp_path / "work.sock", STATUS) as work:
+        yield Path(fgpu.socket_path), Path(work.socket_path)
+
+
+def fresh(fakes: tuple[Path, Path]) -> Responder:
+    return responder(*fakes)
+
+
+def answered(dns: Responder, data: bytes, fast: bool) -> bytes | None:
+    if fast and (reply := dns.answer_now(data)) is not None:
+        return reply
+    return asyncio.run(dns.answer(data))
+
+
+@pytest.mark.parametrize("data, counter", CORPUS)
+def test_each_answer_counts_once_where_it_belongs(fakes: tuple[Path, Path], data: bytes,
+                                                  counter: tuple[str, str, str]) -> None:
+    for fast in (False, True):
+        dns = fresh(fakes)
+        if fast and counter[0] == "fgpu" and data == query("web.fgpu"):
+            assert answered(dns, data, fast=False)  # the status fetched: the fast path knows
+            dns.counts.counts.clear()
+        assert answered(dns, data, fast) is not None
+        assert dict(dns.counts.counts) == {counter: 1}, fast
+        # Again (the fast path from its cache now): counted again, and nowhere else.
+        assert answered(dns, data, fast) is not None
+        assert dict(dns.counts.counts) == {counter: 2}, fast
+
+
+def test_a_reply_that_is_none_counts_nothing(fakes: tuple[Path, Path]) -> None:
+    dns = fresh(fakes)
+    response = bytearray(query("10.1.2.3.fgpu"))
+    response[2] |= 0x80  # QR: a response, never answered
+    for data in (bytes(response), b"\x12\x34"):
+        assert dns.answer_now(data) is None and asyncio.run(dns.answer(data)) is None
+    assert not dns.counts.counts
+
+
+def test_the_counters_outlive_a_new_responder(fakes: tuple[Path, Path]) -> None:
+    """A reload swaps in a Responder for the new zones: the counts go on."""
+    counts = QueryCounts()
+    first = Responder(fresh(fakes).zones, counts=counts)
+    assert first.answer_now(query("10.1.2.3.fgpu"))
+    second = Responder(first.zones, counts=counts)
+    assert second.answer_now(query("10.1.2.3.fgpu"))
+    assert dict(counts.counts) == {("fgpu", "A", "NOERROR"): 2}
+
+
+def counts_file(tmp_path: Path, dns: Responder) -> Path:
+    path = tmp_path / "queries.json"
+    StatsFile(dns.counts, str(path)).write()
+    return path
+
+
+def test_the_file(fakes: tuple[Path, Path], tmp_path: Path) -> None:
+    dns = fresh(fakes)
+    for data, _counter in CORPUS:
+        answered(dns, data, fast=True)
+    path = counts_file(tmp_path, dns)
+    written = json.loads(path.read_text())
+    assert written["queries"]["fgpu"]["A"] == {"NOERROR": 2, "NXDOMAIN": 2, "SERVFAIL": 1}
+    assert written["queries"]["work"] == {"A": {"BADVERS": 1}, "other": {"NOERROR": 1}}
+    assert written["outside"] == {"A": {"NOTIMP": 1, "REFUSED": 3}, "none": {"FORMERR": 2}}
+    assert written["started"] == round(dns.counts.started, 3)
