@@ -1,10 +1,12 @@
-"""The responder's query counters: what each answer counts, on both paths alike, and the file
-it writes."""
+"""The responder's query counters: what each answer counts, on both paths alike; the file it
+writes; and that file read back by /metrics, held to promtool, with a bad file costing only
+the DNS families."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +14,10 @@ import pytest
 from dns_harness import DNS, STATUS, query, raw_query, responder
 from fake_localapi import FakeLocalAPI
 
+from tsproxy import metrics
 from tsproxy.dns.answer import Responder
 from tsproxy.dns.counts import QueryCounts
-from tsproxy.proxy.stats import StatsFile
+from tsproxy.proxy.stats import Stats, StatsFile
 
 pytestmark = pytest.mark.unit
 
@@ -103,7 +106,7 @@ def counts_file(tmp_path: Path, dns: Responder) -> Path:
     return path
 
 
-def test_the_file(fakes: tuple[Path, Path], tmp_path: Path) -> None:
+def test_the_file_and_its_metrics(fakes: tuple[Path, Path], tmp_path: Path) -> None:
     dns = fresh(fakes)
     for data, _counter in CORPUS:
         answered(dns, data, fast=True)
@@ -113,3 +116,65 @@ def test_the_file(fakes: tuple[Path, Path], tmp_path: Path) -> None:
     assert written["queries"]["work"] == {"A": {"BADVERS": 1}, "other": {"NOERROR": 1}}
     assert written["outside"] == {"A": {"NOTIMP": 1, "REFUSED": 3}, "none": {"FORMERR": 2}}
     assert written["started"] == round(dns.counts.started, 3)
+
+    text = metrics.render(metrics.dns_families("fgpu", str(path)))
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr + text
+    lines = text.splitlines()
+    assert 'tsproxy_dns_queries_total{tsproxy_instance="fgpu",rcode="NXDOMAIN",type="A"} 2' \
+        in lines
+    assert 'tsproxy_dns_queries_total{tsproxy_instance="fgpu",rcode="NOERROR",type="TXT"} 1' \
+        in lines
+    assert not [line for line in lines if 'instance="work"' in line]
+    assert 'tsproxy_dns_outside_queries_total{tsproxy_instance="fgpu",rcode="REFUSED",' \
+        'type="A"} 3' in lines
+    assert f'tsproxy_dns_start_time_seconds{{tsproxy_instance="fgpu"}} ' \
+        f'{round(dns.counts.started, 3)!r}' in lines
+
+
+def test_an_instance_the_responder_never_answered_for(fakes: tuple[Path, Path],
+                                                       tmp_path: Path) -> None:
+    """Its queries family has no sample yet (promtool accepts that); the rest is there."""
+    text = metrics.render(metrics.dns_families("quiet", str(counts_file(tmp_path, fresh(fakes)))))
+    assert "tsproxy_dns_queries_total{" not in text
+    assert 'tsproxy_dns_start_time_seconds{tsproxy_instance="quiet"}' in text
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr + text
+
+
+@pytest.mark.parametrize("content", [
+    None,  # no responder, or one without a RuntimeDirectory
+    "",
+    '{"started": 1.5, "outside": {}, "queries": {"fgpu": {"A": {"NOERROR": 1',  # half
+    "[]",
+    '{"outside": {}, "queries": {}}',
+    '{"started": "today", "outside": {}, "queries": {}}',
+    '{"started": 1.5, "outside": [], "queries": {}}',
+    '{"started": 1.5, "outside": {}, "queries": []}',
+    '{"started": 1.5, "outside": {}, "queries": {"fgpu": {"A": 3}}}',
+    '{"started": 1.5, "outside": {}, "queries": {"fgpu": {"A": {"NOERROR": -1}}}}',
+    '{"started": 1.5, "outside": {}, "queries": {"fgpu": {"A": {"NOERROR": true}}}}',
+    '{"started": 1.5, "outside": {"A": {"REFUSED": 1.5}}, "queries": {}}',
+    "\xff\xfe",
+])
+def test_a_bad_file_costs_only_the_dns_families(tmp_path: Path, content: str | None) -> None:
+    path = tmp_path / "queries.json"
+    if content is not None:
+        path.write_bytes(content.encode("latin-1"))
+    assert metrics.dns_families("fgpu", str(path)) == []
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    assert metrics.dns_families("fgpu", str(directory)) == []
+
+
+def test_a_scrape_without_a_responder_still_succeeds(tmp_path: Path) -> None:
+    """No DNS file and no tailscaled: the proxy's own families, and tailscaled down."""
+    from tsproxy.localapi import LocalAPI
+
+    text = asyncio.run(metrics.scrape(Stats("fgpu", "100.80.0.1:1080"),
+                                      LocalAPI(str(tmp_path / "none.sock")),
+                                      str(tmp_path / "queries.json")))
+    assert 'tsproxy_tailscaled_up{tsproxy_instance="fgpu"} 0' in text
+    assert "tsproxy_dns" not in text
