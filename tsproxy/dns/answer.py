@@ -29,7 +29,7 @@ import dnslib  # type: ignore[import-untyped]
 
 from ..localapi import LocalAPIError
 from ..names import NameNotFound, ResolveError
-from .counts import NO_TYPE, OTHER_TYPE, OUTSIDE, QueryCounts, key
+from .counts import NO_TYPE, OTHER_TYPE, OUTSIDE, QueryCounts
 from .fast import FastPath
 from .protocol import (
     BADVERS,
@@ -110,7 +110,7 @@ class Responder:
         return self._counted(packed, instance, qtype, reply.header.rcode)
 
     def _counted(self, reply: bytes, instance: str, qtype: str, rcode: int) -> bytes:
-        self.counts.counts[key(instance, qtype, rcode)] += 1
+        self.counts.count(instance, qtype, rcode)
         return reply
 
     async def _fill(self, reply: dnslib.DNSRecord, question: dnslib.DNSQuestion,
