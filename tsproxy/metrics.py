@@ -7,7 +7,11 @@ instance, made when scraped, never on a connection's path.
 - tailscaled's state from its LocalAPI status: whether it answers, BackendState, peers
   online and in all, seconds until the node key expires;
 - tailscaled's own client metrics (LocalAPI usermetrics, tailscaled >= 1.78), relayed with
-  the instance's label added to each sample.
+  the instance's label added to each sample;
+- the DNS responder's queries by type and RCODE, read from the file it writes (dns/counts.py):
+  the instance's own, and apart from them those for names in no tailnet's zone, which are the
+  responder's and the same on every instance (so sums over the instances' queries stay
+  true). No file, or not one the responder wrote: no DNS families, the rest as ever.
 
 Every sample carries `tsproxy_instance="NAME"`, so one Prometheus can scrape every tailnet of
 a gateway (each proxy port serves its own instance).
@@ -15,11 +19,14 @@ a gateway (each proxy port serves its own instance).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
+
+from tsproxy_generator.vocabulary import DNS_COUNTS
 
 from .localapi import LocalAPI, LocalAPIError, key_expiry, peer_counts
 from .proxy.stats import Histogram, Stats
@@ -108,6 +115,48 @@ def tailscaled_families(name: str, status: dict[str, Any] | None,
     return families
 
 
+def dns_families(name: str, path: str = DNS_COUNTS) -> list[Family]:
+    """The DNS responder's counters for instance `name`, from its file at `path`."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            counts = json.load(file)
+        started = counts["started"]
+        if not isinstance(started, int | float) or isinstance(started, bool):
+            raise ValueError("started")
+        ours = _by_type(counts["queries"].get(name, {}))
+        outside = _by_type(counts["outside"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # not running, an older responder, or no file of its: nothing to tell
+    queries = Family("tsproxy_dns_queries_total", "counter",
+                     "DNS queries answered for the instance's names, by type and RCODE.", name)
+    strays = Family("tsproxy_dns_outside_queries_total", "counter",
+                    "DNS queries for names in no tailnet's zone and messages without a usable "
+                    "question, by type and RCODE: the responder's, the same on every instance.",
+                    name)
+    for family, samples in ((queries, ours), (strays, outside)):
+        for qtype, rcode, count in samples:
+            family.add(count, type=qtype, rcode=rcode)
+    return [queries, strays,
+            Family("tsproxy_dns_start_time_seconds", "gauge",
+                   "When the DNS responder started (Unix time): its counters start there.",
+                   name).add(started)]
+
+
+def _by_type(table: object) -> list[tuple[str, str, int]]:
+    """{TYPE: {RCODE: count}} as (type, rcode, count); ValueError unless it is that."""
+    if not isinstance(table, dict):
+        raise ValueError("not a table")
+    samples = []
+    for qtype, rcodes in sorted(table.items()):
+        if not isinstance(rcodes, dict):
+            raise ValueError(qtype)
+        for rcode, count in sorted(rcodes.items()):
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ValueError(rcode)
+            samples.append((qtype, rcode, count))
+    return samples
+
+
 def _seconds(rfc3339: str) -> float:
     # Go writes 2027-02-23T10:00:00Z, maybe with fractions; Python 3.11 reads both.
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
@@ -134,8 +183,9 @@ def render(families: Iterable[Family], extra: Iterable[str] = ()) -> str:
     return "\n".join([*(line for family in families for line in family.lines), *extra]) + "\n"
 
 
-async def scrape(stats: Stats, api: LocalAPI) -> str:
-    """Everything /metrics shows, asked of tailscaled now."""
+async def scrape(stats: Stats, api: LocalAPI, dns_counts: str = DNS_COUNTS) -> str:
+    """Everything /metrics shows, asked of tailscaled and read from the DNS responder's
+    file (at `dns_counts`) now."""
     try:
         status: dict[str, Any] | None = await api.status()
     except LocalAPIError:
@@ -148,4 +198,5 @@ async def scrape(stats: Stats, api: LocalAPI) -> str:
             code, body = 0, b""
         if code == 200:  # older tailscaled: 404, and only tsproxy's own metrics
             extra = relayed(stats.name, body.decode("utf-8", "replace"))
-    return render([*proxy_families(stats), *tailscaled_families(stats.name, status)], extra)
+    return render([*proxy_families(stats), *tailscaled_families(stats.name, status),
+                   *dns_families(stats.name, dns_counts)], extra)

@@ -25,6 +25,8 @@ DROP_IN = "50-tsproxy.conf"  # the generator's drop-in in UNIT.d/
 ENABLED_BY = "multi-user.target"  # autostart: a link in its .wants/
 PROXY_STATS_DIR = "/run/tsproxy-socks"  # + /NAME: the proxy's counters (RuntimeDirectory)
 PROXY_RELOAD_VERDICT = "reload.json"  # in the same directory: how the last reload went
+# The DNS responder's query counters (its RuntimeDirectory), read by each proxy's /metrics.
+DNS_COUNTS = "/run/tsproxy-dns/queries.json"
 
 
 def unit(template: str, name: str, kind: str = ".service") -> str:

@@ -3,19 +3,17 @@ kdig from the client namespace over UDP and TCP, with fake tailscaleds that come
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from dnshost import DNS_IP, Responder, dig, running
 from fakehost import REPO, TIMEOUT
-from proxyhost import PROXY_IP, TARGET4, TARGET6, ProxyWorld, proxy_world
+from proxyhost import PROXY_IP, TARGET4, TARGET6
 
 sys.path.insert(0, str(REPO / "tests"))
 from fake_localapi import make_node, make_status
@@ -24,111 +22,27 @@ pytestmark = pytest.mark.netns
 
 HERE = Path(__file__).resolve().parent
 
-DNS_IP = PROXY_IP  # the host's own tailnet address, as in a real install
-RUN_DIR = "/run/tsproxy-dnstest"  # DIR/NAME/tailscaled.sock, inside the fake host
 MANY = [f"192.0.2.{n}" for n in range(1, 101)]
 FGPU = {"status": make_status("gw", ["100.70.0.1"], peers=[make_node("web", [TARGET4, TARGET6])])}
 WORK = {"status": make_status("gw", ["100.70.0.1"], peers=[make_node("build", ["100.64.0.9"])]),
         "dns": {"host.corp.example": ["10.1.2.3"], "many.corp.example": MANY}}
 
 
-class Responder:
-    """`tsproxy dns --listen 100.80.0.1:53` in the fake host, and its fake tailscaleds."""
-
-    def __init__(self, world: ProxyWorld) -> None:
-        self.world = world
-        self.log_path = world.workdir / "dns.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.daemons: dict[str, subprocess.Popen[str]] = {}
-
-    def write_conf(self, name: str, text: str) -> None:
-        (self.world.fake.conf_dir / f"{name}.conf").write_text(text)
-
-    def start(self) -> None:
-        self.log_path.write_bytes(b"")
-        command = ["nsenter", f"--target={self.world.fake.holder.pid}", "--net", "--mount", "--",
-                   "env", f"PYTHONPATH={REPO}", f"TSPROXY_CONF_DIR={self.world.fake.conf_dir}",
-                   "PYTHONDONTWRITEBYTECODE=1", "timeout", "300",
-                   "prlimit", "--nofile=1024:",  # the soft fd limit systemd leaves services
-                   sys.executable, "-m", "tsproxy", "dns", "--listen", f"{DNS_IP}:53",
-                   "--run-dir", RUN_DIR, "--timeout", "1"]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=log,
-                                            start_new_session=True)
-        self.wait_log("serving")
-
-    def stop(self) -> int:
-        assert self.process is not None
-        os.kill(self.pid(), signal.SIGTERM)
-        code = self.process.wait(TIMEOUT)
-        self.process = None
-        return code
-
-    def pid(self) -> int:
-        done = self.world.fake.run("pgrep", "-f", "-n", "tsproxy dns --listen")
-        return int(done.stdout.split()[0])
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, count: int = 1) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while self.log().count(text) < count:
-            assert time.monotonic() < deadline, f"no {text!r} in the log:\n{self.log()}"
-            time.sleep(0.05)
-
-    def daemon(self, name: str, table: dict[str, Any] | None) -> None:
-        """(Re)start the fake tailscaled of instance `name`; None: stop it."""
-        if (old := self.daemons.pop(name, None)) is not None:
-            os.killpg(old.pid, signal.SIGKILL)
-            old.wait(TIMEOUT)
-        path = f"{RUN_DIR}/{name}/tailscaled.sock"
-        self.world.fake.run("rm", "-f", path)
-        if table is None:
-            return
-        table_path = self.world.workdir / f"dns-{name}.json"
-        table_path.write_text(json.dumps(table))
-        process = subprocess.Popen(
-            ["nsenter", f"--target={self.world.fake.holder.pid}", "--net", "--mount", "--",
-             "sh", "-c", f"mkdir -p {RUN_DIR}/{name}; {sys.executable} "
-                         f"{REPO}/tests/fake_localapi.py {path} {table_path} & "
-                         f"while [ ! -S {path} ]; do sleep 0.02; done; echo ready; wait"],
-            stdout=subprocess.PIPE, text=True, start_new_session=True)
-        assert process.stdout is not None and process.stdout.readline() == "ready\n"
-        self.daemons[name] = process
-
-    def close(self) -> None:
-        if self.process is not None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(TIMEOUT)
-        for name in list(self.daemons):
-            self.daemon(name, None)
-
-
 @pytest.fixture(scope="module")
 def responder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Responder]:
     if os.geteuid() != 0:
         pytest.skip("the netns tier needs root")
-    with proxy_world(tmp_path_factory.mktemp("dns")) as world:
-        dns = Responder(world)
-        try:
-            dns.write_conf("fgpu", f"listen = {PROXY_IP}:1080\n")
-            dns.write_conf("work", f"listen = {PROXY_IP}:1081\nsuffix = work.example\n"
-                                   "dns_domains = corp.example\n")
-            dns.write_conf("quiet", f"listen = {PROXY_IP}:1082\nsuffix = quiet\ndns_listen = no\n")
-            dns.daemon("fgpu", FGPU)
-            dns.daemon("work", WORK)
-            dns.start()
-            yield dns
-        finally:
-            dns.close()
 
+    def prepare(dns: Responder) -> None:
+        dns.write_conf("fgpu", f"listen = {PROXY_IP}:1080\n")
+        dns.write_conf("work", f"listen = {PROXY_IP}:1081\nsuffix = work.example\n"
+                               "dns_domains = corp.example\n")
+        dns.write_conf("quiet", f"listen = {PROXY_IP}:1082\nsuffix = quiet\ndns_listen = no\n")
+        dns.daemon("fgpu", FGPU)
+        dns.daemon("work", WORK)
 
-def dig(dns: Responder, *args: str, tool: str = "dig") -> str:
-    once = ("+time=3", "+tries=1") if tool == "dig" else ("+timeout=3", "+retry=0")
-    done = dns.world.client(tool, f"@{DNS_IP}", *once, *args, timeout=30)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    with running(tmp_path_factory.mktemp("dns"), prepare) as dns:
+        yield dns
 
 
 def short(dns: Responder, *args: str, tool: str = "dig") -> list[str]:
@@ -318,6 +232,22 @@ def test_conf_changes_are_picked_up_without_a_restart(responder: Responder) -> N
         assert short(responder, "10.0.0.1.fgpu") == ["10.0.0.1"]
     finally:
         (responder.world.fake.conf_dir / "broken.conf").unlink()
+    assert responder.pid() == pid
+
+
+def test_queries_are_counted_in_the_file_across_reloads(responder: Responder) -> None:
+    """Each answer counts under its instance, type and RCODE in the file each proxy's
+    /metrics reads; a reload (a new Responder for the zones) keeps the counts going."""
+    mx = responder.counted("work", "MX", "NOERROR")
+    refused = responder.counted("", "CAA", "REFUSED")
+    pid = responder.pid()
+    for _ in range(2):
+        assert status(responder, "build.work.example", "MX") == "NOERROR"  # NODATA
+        assert status(responder, "example.org", "CAA") == "REFUSED"
+        os.kill(pid, signal.SIGHUP)
+        responder.wait_log("serving", responder.log().count("serving") + 1)
+    responder.wait_counted("work", "MX", "NOERROR", mx + 2)
+    responder.wait_counted("", "CAA", "REFUSED", refused + 2)
     assert responder.pid() == pid
 
 

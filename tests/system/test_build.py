@@ -30,3 +30,4 @@ def test_builds_from_build_depends_lintian_clean(debian_suite: str) -> None:
             f"{lib}/system-generators/tsproxy-generator"} <= paths
     assert not [p for p in paths if "/systemd/" in p and not p.startswith(lib)], sorted(paths)
     assert "./usr/share/doc/tsproxy/README.Debian" in paths
+    assert "./usr/share/doc/tsproxy/examples/grafana-dashboard.json" in paths

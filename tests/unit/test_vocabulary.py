@@ -39,6 +39,9 @@ def test_directories_match_the_units() -> None:
     assert vocabulary.tailscaled_socket("fgpu") == "/run/tsproxy/fgpu/tailscaled.sock"
     assert "RuntimeDirectory=tsproxy-socks/%i" in proxy
     assert vocabulary.PROXY_STATS_DIR == "/run/tsproxy-socks"
+    dns = (UNITS / f"{vocabulary.DNS_SERVICE}.j2").read_text()
+    assert "RuntimeDirectory=tsproxy-dns\n" in dns
+    assert vocabulary.DNS_COUNTS == "/run/tsproxy-dns/queries.json"
 
 
 def test_network_names() -> None:

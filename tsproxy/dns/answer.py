@@ -16,6 +16,9 @@ For the zones of zones.py, as an authoritative server that is not a resolver (RA
 - EDNS (RFC 6891): echoed with our payload size; version other than 0 is BADVERS, two OPT
   records FORMERR; over UDP an answer bigger than the client's payload size (512 without EDNS)
   is sent truncated (TC) so the client retries over TCP (RFC 7766).
+
+Every answer counts one query (counts.py): under the instance whose zone the name is in, or
+under OUTSIDE for a name in no zone and for a message that is no plain query.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dnslib  # type: ignore[import-untyped]
 
 from ..localapi import LocalAPIError
 from ..names import NameNotFound, ResolveError
+from .counts import NO_TYPE, OTHER_TYPE, OUTSIDE, QueryCounts
 from .fast import FastPath
 from .protocol import (
     BADVERS,
@@ -60,10 +64,12 @@ Q = dnslib.QTYPE
 class Responder:
     """Answers for ``zones``: :meth:`answer_now` when the fast path can, :meth:`answer` always."""
 
-    def __init__(self, zones: Zones, timeout: float = QUERY_TIMEOUT) -> None:
+    def __init__(self, zones: Zones, timeout: float = QUERY_TIMEOUT,
+                 counts: QueryCounts | None = None) -> None:
         self.zones = zones
         self.timeout = timeout
-        self.answer_now = FastPath(zones).answer
+        self.counts = QueryCounts() if counts is None else counts
+        self.answer_now = FastPath(zones, self.counts).answer
 
     async def answer(self, query: bytes, udp: bool = True) -> bytes | None:
         """The reply to ``query`` (None: send nothing). ``udp``: size-limit the reply."""
@@ -72,37 +78,46 @@ class Responder:
         try:
             record = dnslib.DNSRecord.parse(query)
         except Exception:  # dnslib raises DNSError, and worse on some garbage
-            return error_reply(query, FORMERR)
+            return self._counted(error_reply(query, FORMERR), OUTSIDE, NO_TYPE, FORMERR)
+        qtype = type_name(record.q.qtype) if len(record.questions) == 1 else NO_TYPE
         opcode = record.header.opcode
         if opcode != OPCODE_QUERY:
-            return error_reply(query, REFUSED if opcode == OPCODE_UPDATE else NOTIMP)
+            rcode = REFUSED if opcode == OPCODE_UPDATE else NOTIMP
+            return self._counted(error_reply(query, rcode), OUTSIDE, qtype, rcode)
         opts = [rr for rr in record.ar if rr.rtype == Q.OPT]
         if len(record.questions) != 1 or len(opts) > 1 or malformed(record.q.qname.label):
-            return error_reply(query, FORMERR)
+            return self._counted(error_reply(query, FORMERR), OUTSIDE, qtype, FORMERR)
+        found = self._apex(record.q.qname.label) if record.q.qclass == CLASS_IN else None
+        instance = OUTSIDE if found is None else found[0].zone.name
         reply = dnslib.DNSRecord(dnslib.DNSHeader(id=record.header.id, qr=1, rd=record.header.rd,
                                                   cd=record.header.get_cd()), q=record.q)
         limit = 65535
         if opts:
             if (opts[0].ttl >> 16) & 0xFF != 0:
                 reply.add_ar(dnslib.EDNS0(udp_len=UDP_PAYLOAD, ext_rcode=BADVERS >> 4))
-                return bytes(reply.pack())
+                return self._counted(bytes(reply.pack()), instance, qtype, BADVERS)
             reply.add_ar(dnslib.EDNS0(udp_len=UDP_PAYLOAD))
             if udp:
                 limit = max(512, min(opts[0].rclass, UDP_PAYLOAD))
         elif udp:
             limit = 512
-        await self._fill(reply, record.q)
+        await self._fill(reply, record.q, found)
         packed = bytes(reply.pack())
         if len(packed) > limit:
             reply.rr, reply.auth = [], []
             reply.header.tc = 1
             packed = bytes(reply.pack())
-        return packed
+        return self._counted(packed, instance, qtype, reply.header.rcode)
 
-    async def _fill(self, reply: dnslib.DNSRecord, question: dnslib.DNSQuestion) -> None:
+    def _counted(self, reply: bytes, instance: str, qtype: str, rcode: int) -> bytes:
+        self.counts.count(instance, qtype, rcode)
+        return reply
+
+    async def _fill(self, reply: dnslib.DNSRecord, question: dnslib.DNSQuestion,
+                    found: tuple[Apex, tuple[bytes, ...]] | None) -> None:
+        """The answer for a name in the zone `found` (None: in none, or not class IN)."""
         labels: tuple[bytes, ...] = question.qname.label
-        found = self._apex(labels)
-        if question.qclass != CLASS_IN or found is None:
+        if found is None:
             reply.header.rcode = REFUSED
             return
         apex, relative = found
@@ -176,6 +191,12 @@ class Responder:
     def _negative(self, reply: dnslib.DNSRecord, apex: Apex, rcode: int) -> None:
         reply.header.rcode = rcode
         reply.add_auth(soa(apex, NEGATIVE_TTL))
+
+
+def type_name(qtype: int) -> str:
+    """The type as counts.py counts it: its name, or OTHER_TYPE for one without a name."""
+    name = Q.forward.get(qtype)
+    return name if isinstance(name, str) else OTHER_TYPE
 
 
 def malformed(labels: tuple[bytes, ...]) -> bool:

@@ -8,6 +8,9 @@ answered here too while the resolver's copy of tailscaled's status is fresh, and
 with the status they came from: a fetched status is a new object, so the next fetch forgets
 them all at once.
 
+Each answer counts one query (counts.py) in a counter looked up when the reply is built and
+remembered beside it, so a repeated query costs one lookup and one increment.
+
 Anything else, or anything unusual about the message (EDNS other than version 0, extra
 records, compression in the question, trailing bytes), returns None and goes to answer.py,
 which answers every message; a test holds the two to the same answers over a corpus, and the
@@ -22,6 +25,7 @@ from typing import TypeVar
 from tsproxy_generator.addresses import Address
 
 from ..names import NameNotFound, ResolveError, Resolver
+from .counts import QueryCounts, Tally
 from .protocol import (
     CLASS_IN,
     FLAG_AA,
@@ -44,6 +48,7 @@ CACHE_SIZE = 65536
 T = TypeVar("T")
 
 Answer = tuple[int, bytes, bytes]  # RCODE, counts, the rest of the reply
+QTYPES = {TYPE_A: "A", TYPE_AAAA: "AAAA"}
 # What a peer's answer was built from: it holds while that resolver's fresh status is this one.
 Basis = tuple[Resolver, dict[str, object]]
 
@@ -51,21 +56,26 @@ Basis = tuple[Resolver, dict[str, object]]
 class FastPath:
     """Answers that need no daemon, from ``zones``; None when answer.py must answer."""
 
-    def __init__(self, zones: Zones) -> None:
+    def __init__(self, zones: Zones, counts: QueryCounts) -> None:
         self.zones = zones
-        # The whole query but its ID -> the whole reply but its ID: a repeated query costs
-        # one lookup. Answers that hold forever, and peers' with their basis.
-        self._replies: dict[bytes, bytes] = {}
-        self._peer_replies: dict[bytes, tuple[Basis, bytes]] = {}
+        self.counts = counts
+        # The whole query but its ID -> the whole reply but its ID and the counter it adds
+        # to: a repeated query costs one lookup. Answers that hold forever, and peers' with
+        # their basis.
+        self._replies: dict[bytes, tuple[bytes, Tally]] = {}
+        self._peer_replies: dict[bytes, tuple[Basis, bytes, Tally]] = {}
         self._statuses: dict[Resolver, object] = {}  # the status each resolver's peers are from
 
     def answer(self, query: bytes) -> bytes | None:
         rest = query[2:]
         if (known := self._replies.get(rest)) is not None:
-            return query[:2] + known
+            reply, tally = known
+            tally[0] += 1
+            return query[:2] + reply
         if (peer := self._peer_replies.get(rest)) is not None:
-            (resolver, status), reply = peer
+            (resolver, status), reply, tally = peer
             if resolver.fresh_status() is status:
+                tally[0] += 1
                 return query[:2] + reply
         if len(query) < 17 or query[2] & 0xF8 or query[4:10] != b"\0\1\0\0\0\0":
             return None  # a response, an opcode other than QUERY, or not one lone question
@@ -80,25 +90,27 @@ class FastPath:
             return None
         if (built := self._build(query, end, additional == b"\0\1")) is None:
             return None
-        basis, (rcode, counts, body) = built
+        basis, tally, (rcode, counts, body) = built
         flags = bytes((FLAG_QR | FLAG_AA | (query[2] & FLAG_RD), (query[3] & FLAG_CD) | rcode))
         reply = flags + counts + body
         if basis is None:
-            remember(self._replies, rest, reply)
+            remember(self._replies, rest, (reply, tally))
         else:
-            self._remember_peer(rest, basis, reply)
+            self._remember_peer(rest, basis, reply, tally)
+        tally[0] += 1
         return query[:2] + reply
 
-    def _remember_peer(self, rest: bytes, basis: Basis, reply: bytes) -> None:
+    def _remember_peer(self, rest: bytes, basis: Basis, reply: bytes, tally: Tally) -> None:
         resolver, status = basis
         if self._statuses.get(resolver, status) is not status:
             # A newer status: what the older one said goes, so no old status stays referenced.
             self._peer_replies.clear()
         self._statuses[resolver] = status
-        remember(self._peer_replies, rest, (basis, reply))
+        remember(self._peer_replies, rest, (basis, reply, tally))
 
-    def _build(self, query: bytes, end: int, edns: bool) -> tuple[Basis | None, Answer] | None:
-        """What the answer holds on (None: it holds forever), and the answer."""
+    def _build(self, query: bytes, end: int,
+               edns: bool) -> tuple[Basis | None, Tally, Answer] | None:
+        """What the answer holds on (None: it holds forever), its counter, and the answer."""
         qtype = query[end - 4] << 8 | query[end - 3]
         if qtype not in (TYPE_A, TYPE_AAAA) or query[end - 2:end] != b"\0\1":
             return None
@@ -137,7 +149,8 @@ class FastPath:
         authority = [] if records else [apex.soa]
         counts = struct.pack("!HHHH", 1, len(records), len(authority), int(edns))
         body = query[12:end] + b"".join(records + authority) + (OPT_RECORD if edns else b"")
-        return basis, (rcode, counts, body)
+        tally = self.counts.tally(apex.zone.name, QTYPES[qtype], rcode)
+        return basis, tally, (rcode, counts, body)
 
 
 def remember(cache: dict[bytes, T], key: bytes, value: T) -> None:

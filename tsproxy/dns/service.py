@@ -4,6 +4,9 @@ There is one responder for every tailnet, so a conf added, changed or removed mu
 restart that would drop every tailnet's names for a moment: the conf directory is looked at
 every CONF_POLL seconds (and at SIGHUP), and a change swaps in new zones between two queries.
 A bad conf is skipped with its error line, as the generator skips it.
+
+Under systemd (RuntimeDirectory=) the query counters go to queries.json there, for each
+proxy's /metrics (counts.py); they outlive a reload, not a restart.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from collections.abc import Callable
 
 from tsproxy_generator.addresses import endpoint
 from tsproxy_generator.config import conf_paths
+from tsproxy_generator.vocabulary import DNS_COUNTS
 
 from ..instances import conf_dir, load_instances
+from ..proxy.stats import StatsFile
 from .answer import QUERY_TIMEOUT, Responder
+from .counts import QueryCounts
 from .server import DnsServer
 from .zones import Zones
 
@@ -57,6 +63,15 @@ def describe(sockets: list[socket.socket]) -> str:
                      for s in sockets)
 
 
+def counts_path() -> str | None:
+    """Where the counters go: in the unit's RuntimeDirectory (systemd made it, and removes
+    it when the unit stops), under DNS_COUNTS' file name; nowhere without one."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    if not runtime:
+        return None
+    return os.path.join(runtime.split(":")[0], os.path.basename(DNS_COUNTS))
+
+
 def run(sockets: list[socket.socket], run_dir: str | None = None,
         timeout: float = QUERY_TIMEOUT) -> int:
     def log(line: str) -> None:
@@ -65,12 +80,15 @@ def run(sockets: list[socket.socket], run_dir: str | None = None,
     directory = conf_dir()
     log(f"listening on {describe(sockets)}")
     signature = conf_signature(directory)
-    server = DnsServer(sockets, Responder(load_zones(run_dir, log), timeout), log)
+    counts = QueryCounts()
+    server = DnsServer(sockets, Responder(load_zones(run_dir, log), timeout, counts), log)
+    path = counts_path()
+    counts_file = StatsFile(counts, path) if path else None
 
     def reload() -> None:
         nonlocal signature
         signature = conf_signature(directory)
-        server.responder = Responder(load_zones(run_dir, log), timeout)
+        server.responder = Responder(load_zones(run_dir, log), timeout, counts)
 
     async def watch() -> None:
         while True:
@@ -85,6 +103,8 @@ def run(sockets: list[socket.socket], run_dir: str | None = None,
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload)
         tasks = [asyncio.ensure_future(server.serve()), asyncio.ensure_future(watch())]
+        if counts_file is not None:
+            tasks.append(asyncio.ensure_future(counts_file.run()))
         await stop.wait()
         await server.drain(DRAIN_GRACE)
         for task in tasks:

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Protocol
 
 WRITE_INTERVAL = 2.0
 # Seconds: a handshake or a dial on a tailnet takes from well under a millisecond (a peer on
@@ -149,10 +149,20 @@ def write_json(path: str, value: Any) -> None:
         raise
 
 
-class StatsFile:
-    """Writes Stats to `path` every WRITE_INTERVAL seconds while they change."""
+class Counters(Protocol):
+    """What StatsFile writes: Stats, or the DNS responder's QueryCounts."""
 
-    def __init__(self, stats: Stats, path: str) -> None:
+    @property
+    def changes(self) -> int: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+class StatsFile:
+    """Writes Stats (or other Counters) to `path` every WRITE_INTERVAL seconds while they
+    change."""
+
+    def __init__(self, stats: Counters, path: str) -> None:
         self.stats, self.path = stats, path
         self._written = -1
 
