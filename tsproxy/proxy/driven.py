@@ -20,6 +20,8 @@ import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from .poller import Poller
+
 SHUTDOWN = "proxy shutting down"
 
 Sent = Callable[[OSError | None], None]  # what to do once bytes are sent, or failed
@@ -43,10 +45,10 @@ class Driven:
     """A client socket's reader, one writer, one timer and a Task while waiting; subclasses
     say what reading means, how a connection ends and which TaskGroup holds their Tasks."""
 
-    __slots__ = ("_out", "fd", "loop", "reading", "sock", "task", "timer", "writing")
+    __slots__ = ("_out", "fd", "io", "loop", "reading", "sock", "task", "timer", "writing")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self.loop, self.sock, self.fd = loop, sock, sock.fileno()
+        self.loop, self.io, self.sock, self.fd = loop, Poller.of(loop), sock, sock.fileno()
         self.reading = False
         self.writing: int | None = None  # the descriptor the writer watches
         self.timer: asyncio.TimerHandle | None = None
@@ -86,7 +88,7 @@ class Driven:
         self.read_off()
         self._out = (sock, memoryview(data)[sent:], then)
         self.writing = sock.fileno()
-        self.loop.add_writer(self.writing, self._writable)
+        self.io.add_writer(self.writing, self._writable)
 
     @callback
     def _writable(self) -> None:
@@ -148,21 +150,21 @@ class Driven:
 
     def read_on(self) -> None:
         if not self.reading:
-            self.loop.add_reader(self.fd, self.readable)
+            self.io.add_reader(self.fd, self.readable)
             self.reading = True
 
     def read_off(self) -> None:
         if self.reading:
-            self.loop.remove_reader(self.fd)
+            self.io.remove_reader(self.fd)
             self.reading = False
 
     def watch_writable(self, sock: socket.socket, then: Callable[[], None]) -> None:
         self.writing = sock.fileno()
-        self.loop.add_writer(self.writing, then)
+        self.io.add_writer(self.writing, then)
 
     def write_off(self) -> None:
         if self.writing is not None:
-            self.loop.remove_writer(self.writing)
+            self.io.remove_writer(self.writing)
             self.writing = None
 
     def cancel_timer(self) -> None:
