@@ -166,7 +166,9 @@ class Connection(Driven):
         if error is not None:
             self.end("refused: bad handshake", f"bad handshake: {error.strerror} mid-handshake")
         elif self.hs is not None and self.hs.event is not None:
-            self.read_off()
+            # The reader stays: a request served at once hands it to the Tunnel, which only
+            # swaps the callback (no epoll call); any step that returns to the loop first
+            # drops it (driven.py).
             self.cancel_timer()
             self.server.stats.handshakes.observe(self.loop.time() - self.record.started)
             self._request()
@@ -307,6 +309,7 @@ class Connection(Driven):
             self._relay_failed(error)
             return
         server = self.server
+        self.reading = False  # the Tunnel's reader takes the client's registration over
         self.tunnel = Tunnel(self.loop, self.sock, self.upstream, server.pool,
                              server.idle_timeout)
         server.stats.tunnels += 1

@@ -8,6 +8,11 @@ always does: replies are small) and finishes the rest from a writer. When a step
 to await something else, `wait` runs it in a Task of its own and goes on from its result;
 only that connection, only for that step, has a Task.
 
+The client's reader stays registered from the handshake's last bytes on: a connection that
+goes straight on to relaying hands it to the Tunnel, which only swaps its callback; every
+step that gives the loop back first (`wait`, a connect in flight, a send finished by a
+writer) drops it, so no byte is read out of turn.
+
 Every callback is wrapped by `callback`: an exception is a bug that costs this connection
 (`crashed`), never the proxy's loop.
 """
@@ -123,6 +128,7 @@ class Driven:
              errors: type[Exception] | tuple[type[Exception], ...] = ()) -> None:
         """Await `step` in a Task of this connection's own, then go on with `then(result)`;
         an exception of `errors` is passed to `then` as the result."""
+        self.read_off()  # nothing is read meanwhile
         group = self.group()
         if group is None:
             if isinstance(step, Coroutine):
@@ -159,6 +165,7 @@ class Driven:
             self.reading = False
 
     def watch_writable(self, sock: socket.socket, then: Callable[[], None]) -> None:
+        self.read_off()
         self.writing = sock.fileno()
         self.io.add_writer(self.writing, then)
 
