@@ -5,6 +5,7 @@ counter however a connection ends, mid-handshake, mid-dial or at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import Sequence
 
@@ -186,6 +187,33 @@ def test_a_rest_the_upstream_socket_did_not_take_is_sent_by_a_writer() -> None:
             await asyncio.sleep(0.05)
         assert f" up={len(payload)} down=0 " in w.log.lines[-1], w.log.lines
         assert w.log.lines[-1].endswith(": closed") or "reset" in w.log.lines[-1]
+        upstream.close()
+
+    run(test())
+
+
+class Detour(Loopback):
+    """Tries 127.0.0.2 first, where nothing listens, then what was asked for."""
+
+    def routed(self, addresses: Sequence[Address]) -> list[Address]:
+        return [ipaddress.ip_address("127.0.0.2"), *addresses]
+
+
+def test_a_refused_address_is_followed_by_the_next() -> None:
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        upstream = target()
+        port = upstream.getsockname()[1]
+        async with world(dialer=Detour().dial) as w:
+            reader, writer, reply = await socks(w, b"127.0.0.1", port)
+            assert reply[1] == Reply.SUCCEEDED
+            far, _ = await loop.sock_accept(upstream)
+            far.close()
+            assert await reader.read() == b""
+            writer.close()
+            await asyncio.sleep(0.05)
+        assert f" addr=127.0.0.1:{port} " in w.log.lines[-1], w.log.lines
+        assert w.server.stats.ended == {"closed": 1}
         upstream.close()
 
     run(test())

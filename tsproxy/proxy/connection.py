@@ -11,8 +11,8 @@ is a handful of callbacks, each step calling the next:
                 parser's answers are sent as they come, until the request is whole
     _request    names (IP literals, A.B.C.D.SUFFIX and peers of a fresh status need no
                 daemon; others await tailscaled), then the egress policy
-    _dial       a non-blocking connect per address (egress.Attempt), a writer watching
-                the one in flight, under the dial timeout
+    _dial       a non-blocking connect per address (driven.py's `connect`), a writer
+                watching the one in flight, under the dial timeout
     _dialed     the reply and any pipelined bytes, then the splice Tunnel, whose end
                 (`_relayed`) ends the connection
 
@@ -51,7 +51,7 @@ from ..proto.forward import ForwardHandshake
 from . import limits, resources
 from .access import Identity, client_host
 from .driven import SHUTDOWN, Driven, callback
-from .egress import Attempt, DialError, connect_error
+from .egress import DialError
 from .relay import CLOSED, IDLE, Tunnel
 from .stats import Record
 
@@ -66,7 +66,7 @@ Refusal = tuple[Reply, HTTPStatus | None, str, str]
 
 
 class Connection(Driven):
-    __slots__ = ("_attempt", "_done", "denied", "dialing", "forward", "host", "hs", "over_cap",
+    __slots__ = ("_done", "denied", "dialing", "forward", "host", "hs", "over_cap",
                  "record", "server", "tunnel", "upstream")
 
     def __init__(self, server: Server, sock: socket.socket, peer: tuple[str, int],
@@ -81,7 +81,6 @@ class Connection(Driven):
         self.tunnel: Tunnel | None = None
         self.upstream: socket.socket | None = None
         self.dialing = 0.0
-        self._attempt: Attempt | None = None
         self._done = False
 
     # -- admission, access, handshake ---------------------------------------------------------
@@ -243,40 +242,9 @@ class Connection(Driven):
         if dialer is None:  # a dial function of the tests' own: await it
             self.wait(self.server.dial(addresses, port), self._dialed, DialError)
             return
-        try:
-            attempt = self._attempt = Attempt(dialer, addresses, port)
-            if attempt.next():
-                self._dialed(attempt.current)
-                return
-        except DialError as error:
-            self._dialed(error)
-            return
-        self.timer = self.loop.call_later(dialer.timeout, self._dial_timed_out)
-        self.watch_writable(attempt.current, self._connect_ended)
-
-    @callback
-    def _connect_ended(self) -> None:
-        attempt = self._attempt
-        assert attempt is not None
-        self.write_off()  # before the socket may close
-        try:
-            if attempt.ended(connect_error(attempt.current)) or attempt.next():
-                self.cancel_timer()
-                self._dialed(attempt.current)
-            else:
-                self.watch_writable(attempt.current, self._connect_ended)
-        except DialError as error:
-            self.cancel_timer()
-            self._dialed(error)
-
-    @callback
-    def _dial_timed_out(self) -> None:
-        assert self._attempt is not None
-        self.write_off()
-        self._dialed(self._attempt.timed_out())
+        self.connect(dialer, addresses, port, self._dialed)
 
     def _dialed(self, result: socket.socket | DialError) -> None:
-        self._attempt = None
         self.server.stats.dials.observe(self.loop.time() - self.dialing)
         if isinstance(result, DialError):
             self._refuse(result.reply, result.kind, f"dial failed: {result.reason}")
@@ -398,8 +366,6 @@ class Connection(Driven):
         self._done = True
         server, record = self.server, self.record
         self.unregister()
-        if self._attempt is not None:
-            self._attempt.abandon()
         if (tunnel := self.tunnel) is not None:
             tunnel.close(SHUTDOWN)  # nothing if it ended by itself
             server.stats.tunnels -= 1

@@ -4,7 +4,8 @@ Why it is shaped so: a Task per connection costs a coroutine, a future and two e
 for every wait, and on a small machine that CPU time bounds new connections per second. A
 Driven connection registers a reader or a writer only when the socket cannot go on at once,
 keeps at most one timer, sends without waiting when the socket takes the bytes (it nearly
-always does: replies are small) and finishes the rest from a writer. When a step truly has
+always does: replies are small) and finishes the rest from a writer, and dials through
+egress.Attempt, a writer watching a connect in flight. When a step truly has
 to await something else, `wait` runs it in a Task of its own and goes on from its result;
 only that connection, only for that step, has a Task.
 
@@ -22,14 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from tsproxy_generator.addresses import Address
+
+from .egress import Attempt, Dialer, DialError, connect_error
 from .poller import Poller
 
 SHUTDOWN = "proxy shutting down"
 
 Sent = Callable[[OSError | None], None]  # what to do once bytes are sent, or failed
+Dialed = Callable[[socket.socket | DialError], None]  # ... once a dial is connected, or failed
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -50,7 +55,8 @@ class Driven:
     """A client socket's reader, one writer, one timer and a Task while waiting; subclasses
     say what reading means, how a connection ends and which TaskGroup holds their Tasks."""
 
-    __slots__ = ("_out", "fd", "io", "loop", "reading", "sock", "task", "timer", "writing")
+    __slots__ = ("_connecting", "_out", "fd", "io", "loop", "reading", "sock", "task", "timer",
+                 "writing")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
         self.loop, self.io, self.sock, self.fd = loop, Poller.of(loop), sock, sock.fileno()
@@ -59,6 +65,7 @@ class Driven:
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None  # while awaiting something
         self._out: tuple[socket.socket, memoryview, Sent] | None = None
+        self._connecting: tuple[Attempt, Dialed] | None = None
 
     # What subclasses define.
 
@@ -122,6 +129,51 @@ class Driven:
             with contextlib.suppress(OSError):
                 sock.send(data)
 
+    # Connecting.
+
+    def connect(self, dialer: Dialer, addresses: Sequence[Address], port: int,
+                then: Dialed) -> None:
+        """Dial as Dialer.dial does, without a Task: `then(socket)` or `then(DialError)`. The
+        connect in flight is watched by a writer, under the dialer's timeout."""
+        try:
+            attempt = Attempt(dialer, addresses, port)
+            if attempt.next():
+                then(attempt.current)
+                return
+        except DialError as error:
+            then(error)
+            return
+        self._connecting = (attempt, then)
+        self.timer = self.loop.call_later(dialer.timeout, self._connect_timed_out)
+        self.watch_writable(attempt.current, self._connect_ended)
+
+    @callback
+    def _connect_ended(self) -> None:
+        assert self._connecting is not None
+        attempt = self._connecting[0]
+        self.write_off()  # before the socket may close
+        try:
+            if not (attempt.ended(connect_error(attempt.current)) or attempt.next()):
+                self.watch_writable(attempt.current, self._connect_ended)  # the next address
+                return
+            result: socket.socket | DialError = attempt.current
+        except DialError as error:
+            result = error
+        self._connected(result)
+
+    @callback
+    def _connect_timed_out(self) -> None:
+        assert self._connecting is not None
+        self.write_off()
+        self._connected(self._connecting[0].timed_out())
+
+    def _connected(self, result: socket.socket | DialError) -> None:
+        assert self._connecting is not None
+        then = self._connecting[1]
+        self._connecting = None
+        self.cancel_timer()
+        then(result)
+
     # Waiting on something else.
 
     def wait(self, step: Awaitable[T], then: Callable[[Any], None],
@@ -180,7 +232,11 @@ class Driven:
             self.timer = None
 
     def unregister(self) -> None:
-        """Before the sockets close: no callback is left to run on them."""
+        """Before the sockets close: no callback is left to run on them, and a connect in
+        flight is given up."""
         self.read_off()
         self.write_off()
         self.cancel_timer()
+        if self._connecting is not None:
+            self._connecting[0].abandon()
+            self._connecting = None
