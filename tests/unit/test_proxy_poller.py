@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import socket
+import weakref
 from typing import Any
 
 import pytest
@@ -116,3 +118,18 @@ def test_an_exception_goes_to_the_loop_and_the_batch_goes_on() -> None:
             sock.close()
 
     asyncio.run(test())
+
+
+def test_a_closed_loop_takes_its_poller_and_epoll_with_it() -> None:
+    async def register() -> weakref.ref[Poller]:
+        a, b = pairs(1)[0]
+        poller = Poller.of(asyncio.get_running_loop())
+        poller.add_reader(a.fileno(), lambda: None)
+        poller.remove_reader(a.fileno())
+        a.close()
+        b.close()
+        return weakref.ref(poller)
+
+    poller = asyncio.run(register())
+    gc.collect()
+    assert poller() is None

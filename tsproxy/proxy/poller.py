@@ -41,11 +41,19 @@ class Poller:
     no arguments), for the loop's one Poller: `Poller.of(loop)`."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weakly: a Poller is its loop's value in _pollers, and a value that held its key
+        # would keep both (and the epoll's descriptor) for good once the loop is closed.
+        self._loop = weakref.ref(loop)
         self._epoll = select.epoll()
         self._readers: dict[int, Callback] = {}
         self._writers: dict[int, Callback] = {}
         self._watched = False  # the epoll is a reader of the loop's (from the first socket)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop()
+        assert loop is not None, "the loop is gone"
+        return loop
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> Poller:
