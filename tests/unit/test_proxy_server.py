@@ -25,7 +25,7 @@ from tsproxy.proxy.access import ClientNetworks, Users
 from tsproxy.proxy.egress import DialError, Policy
 from tsproxy.proxy.limits import Limits
 from tsproxy.proxy.pipes import PipePool
-from tsproxy.proxy.server import PacSource, Server
+from tsproxy.proxy.server import Dial, PacSource, Server
 from tsproxy.proxy.stats import Log, Stats, StatsFile
 from tsproxy_generator.addresses import Address, Network
 
@@ -81,7 +81,10 @@ BACKLOG = 777  # a socket unit's Backlog=, which serving must keep (test_tcp_acc
 async def world(*, users: Users | None = None, clients: Sequence[Network] = LOOPBACK,
                 caps: tuple[int, int] = (100, 100), fail: Reply | None = None,
                 handshake_timeout: float = 5, emfile: bool = False,
-                pac: PacSource | None = None) -> AsyncIterator[World]:
+                pac: PacSource | None = None, dialer: Dial | None = None
+                ) -> AsyncIterator[World]:
+    """A server on loopback; `dialer` replaces the test's own dial function (which records
+    what it dials and fails as `fail` says)."""
     echo_server = await asyncio.start_server(echo, "127.0.0.1", 0)
     echo_port = echo_server.sockets[0].getsockname()[1]
     listener = socket.create_server(("127.0.0.1", 0), backlog=BACKLOG)
@@ -100,7 +103,7 @@ async def world(*, users: Users | None = None, clients: Sequence[Network] = LOOP
         return sock
 
     server = Server(listener, resolver=Resolver("fgpu", LocalAPI("/nonexistent/ts.sock")),
-                    dial=dial, policy=Policy(None, LOOPBACK), networks=ClientNetworks(clients),
+                    dial=dialer or dial, policy=Policy(None, LOOPBACK), networks=ClientNetworks(clients),
                     users=users, identities=None, caps=Limits(*caps),
                     stats=Stats("fgpu", "127.0.0.1:0"), pool=PipePool(), log=log,
                     handshake_timeout=handshake_timeout, pac=pac)

@@ -66,6 +66,9 @@ DIAL_ERRORS = {
     errno.EPERM: Reply.NOT_ALLOWED,
     errno.EADDRNOTAVAIL: Reply.NETWORK_UNREACHABLE,
 }
+DIAL_KINDS = {Reply.CONNECTION_REFUSED: "dial refused", Reply.TTL_EXPIRED: "dial timeout",
+              Reply.NETWORK_UNREACHABLE: "dial unreachable",
+              Reply.HOST_UNREACHABLE: "dial unreachable", Reply.NOT_ALLOWED: "dial forbidden"}
 
 
 class DialError(Exception):
@@ -73,6 +76,11 @@ class DialError(Exception):
         super().__init__(reason)
         self.reply = reply
         self.reason = reason
+
+    @property
+    def kind(self) -> str:
+        """The counter a connection refused for this ends in."""
+        return DIAL_KINDS.get(self.reply, "dial error")
 
 
 class Policy:
@@ -161,39 +169,24 @@ class Dialer:
     async def dial(self, addresses: Sequence[Address], port: int) -> socket.socket:
         """A connected non-blocking socket to the first address that answers; DialError with
         the reply for the client otherwise (the first address's error when all fail)."""
-        routed = self._routed(addresses)
-        first: DialError | None = None
-        deadline = None
-        for address in routed:
-            sock = self._socket(address.version)
-            try:
-                error = sock.connect_ex((str(address), port))
-                # Often the handshake is done by the time connect() returns (a peer close
-                # by): then there is nothing to wait for.
-                if error == errno.EINPROGRESS:
-                    if _connected(sock):
-                        error = 0
-                    else:
-                        if deadline is None:
-                            deadline = asyncio.get_running_loop().time() + self.timeout
-                        error = await self._wait(sock, deadline)
-                if error == 0:
-                    return sock
-                sock.close()
-                first = first or DialError(DIAL_ERRORS.get(error, Reply.GENERAL_FAILURE),
-                                           f"{address} port {port}: {os.strerror(error)}")
-            except TimeoutError:
-                sock.close()
-                raise DialError(Reply.TTL_EXPIRED,
-                                f"{address} port {port}: no answer within {self.timeout:g} s"
-                                ) from None
-            except BaseException:
-                sock.close()
-                raise
-        assert first is not None
-        raise first
+        attempt = Attempt(self, addresses, port)
+        try:
+            connected = attempt.next()
+            deadline = None
+            while not connected:
+                if deadline is None:
+                    deadline = asyncio.get_running_loop().time() + self.timeout
+                try:
+                    error = await self._wait(attempt.current, deadline)
+                except TimeoutError:
+                    raise attempt.timed_out() from None
+                connected = attempt.ended(error) or attempt.next()
+            return attempt.current
+        except BaseException:
+            attempt.abandon()
+            raise
 
-    def _routed(self, addresses: Sequence[Address]) -> list[Address]:
+    def routed(self, addresses: Sequence[Address]) -> list[Address]:
         routed = [address for address in addresses if self.routes.covers(address)]
         if not routed:
             raise DialError(Reply.NETWORK_UNREACHABLE, self.unrouted(addresses[0]))
@@ -206,8 +199,8 @@ class Dialer:
     def datagram(self, addresses: Sequence[Address], port: int) -> socket.socket:
         """A datagram socket connected to the first routed address (connecting a UDP socket
         sends nothing: it only fixes the peer, so answers from anyone else are dropped)."""
-        routed = self._routed(addresses)
-        sock = self._socket(routed[0].version, socket.SOCK_DGRAM)
+        routed = self.routed(addresses)
+        sock = self.open(routed[0].version, socket.SOCK_DGRAM)
         try:
             sock.connect((str(routed[0]), port))
         except OSError as error:
@@ -220,9 +213,9 @@ class Dialer:
         """A datagram socket that sends wherever each datagram goes (SOCKS5 UDP ASSOCIATE),
         still only through the device; the caller checks every destination against the
         policy and `routes` first."""
-        return self._socket(version, socket.SOCK_DGRAM)
+        return self.open(version, socket.SOCK_DGRAM)
 
-    def _socket(self, version: int,
+    def open(self, version: int,
                 kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
         family = socket.AF_INET if version == 4 else socket.AF_INET6
         try:
@@ -251,7 +244,77 @@ class Dialer:
                 await done
         finally:
             loop.remove_writer(fd)
-        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return connect_error(sock)
+
+
+class Attempt:
+    """One dial, one address at a time, without waiting: whoever drives it waits for the
+    socket to turn writable (Dialer.dial awaits it; the server's connections watch it from
+    a loop callback, with no Task), then says how the connect ended.
+
+    The addresses are tried in order; the first one's error is the one the client hears
+    when every one fails.
+    """
+
+    __slots__ = ("_dialer", "_first", "_left", "address", "port", "sock")
+
+    def __init__(self, dialer: Dialer, addresses: Sequence[Address], port: int) -> None:
+        self._dialer, self.port = dialer, port
+        self._left = iter(dialer.routed(addresses))
+        self._first: DialError | None = None
+        self.sock: socket.socket | None = None
+        self.address: Address | None = None
+
+    @property
+    def current(self) -> socket.socket:
+        """The socket of the connect in flight, or the connected one."""
+        assert self.sock is not None, "no connect in flight"
+        return self.sock
+
+    def next(self) -> bool:
+        """Connect to the next address: True when connected at once, False when in flight
+        (wait for writable, then call `ended`); DialError when no address is left."""
+        for address in self._left:
+            self.address = address
+            sock = self.sock = self._dialer.open(address.version)
+            error = sock.connect_ex((str(address), self.port))
+            # Often the handshake is done by the time connect() returns (a peer close by):
+            # then there is nothing to wait for.
+            if error == errno.EINPROGRESS:
+                if not _connected(sock):
+                    return False
+                error = 0
+            if self.ended(error):
+                return True
+        assert self._first is not None
+        raise self._first
+
+    def ended(self, error: int) -> bool:
+        """The connect in flight ended with `error` (0: connected); on a failure its socket
+        is closed and the error kept, and `next` tries the next address."""
+        if error == 0:
+            return True
+        self.abandon()
+        self._first = self._first or DialError(
+            DIAL_ERRORS.get(error, Reply.GENERAL_FAILURE),
+            f"{self.address} port {self.port}: {os.strerror(error)}")
+        return False
+
+    def timed_out(self) -> DialError:
+        """The dial timeout passed: the connect in flight is given up."""
+        self.abandon()
+        return DialError(Reply.TTL_EXPIRED, f"{self.address} port {self.port}: no answer "
+                                            f"within {self._dialer.timeout:g} s")
+
+    def abandon(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def connect_error(sock: socket.socket) -> int:
+    """How a non-blocking connect ended, once its socket is writable (0: connected)."""
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
 
 def _wake(done: asyncio.Future[None]) -> None:

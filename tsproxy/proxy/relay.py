@@ -3,7 +3,8 @@
 Each direction (a _Flow) reads only while its pipe is empty and writes until it is empty
 again, so it needs a pipe just for the moment bytes are in flight: it takes one from the pool
 when its source becomes readable and gives it back once drained. An idle tunnel therefore
-holds two sockets, two epoll registrations and a few small objects, nothing more.
+holds two sockets, two epoll registrations and a few small objects, nothing more. The
+registrations are in the loop's Poller (poller.py), cheaper per connection than the loop's.
 
 A direction that hits EOF, once its pipe is drained, shuts down the write side of the other
 socket (half-close, as TCP means it); the tunnel ends when both directions have done so, on
@@ -22,6 +23,7 @@ import socket
 import struct
 
 from .pipes import PipePool
+from .poller import Poller
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 IDLE_TIMEOUT = 2 * 3600.0
@@ -48,6 +50,7 @@ class Tunnel:
         "client",
         "done",
         "down",
+        "io",
         "last",
         "loop",
         "up",
@@ -57,7 +60,7 @@ class Tunnel:
     def __init__(self, loop: asyncio.AbstractEventLoop, client: socket.socket,
                  upstream: socket.socket, pool: PipePool,
                  idle_timeout: float = IDLE_TIMEOUT) -> None:
-        self.loop = loop
+        self.loop, self.io = loop, Poller.of(loop)
         self.client, self.upstream = client, upstream
         self.up = _Flow(self, pool, client, upstream, "client")
         self.down = _Flow(self, pool, upstream, client, "upstream")
@@ -116,12 +119,12 @@ class Tunnel:
 class _Flow:
     """One direction: src -> pipe -> dst."""
 
-    __slots__ = ("bytes", "dst", "dst_fd", "eof", "finished", "loop", "pending", "pipe", "pool",
-                 "reading", "side", "src", "src_fd", "tunnel", "writing")
+    __slots__ = ("bytes", "dst", "dst_fd", "eof", "finished", "io", "loop", "pending", "pipe",
+                 "pool", "reading", "side", "src", "src_fd", "tunnel", "writing")
 
     def __init__(self, tunnel: Tunnel, pool: PipePool, src: socket.socket, dst: socket.socket,
                  side: str) -> None:
-        self.tunnel, self.loop, self.pool = tunnel, tunnel.loop, pool
+        self.tunnel, self.loop, self.io, self.pool = tunnel, tunnel.loop, tunnel.io, pool
         self.src, self.dst = src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.side = side  # who sends on this flow, for error messages
@@ -131,15 +134,15 @@ class _Flow:
         self.reading = self.writing = self.eof = self.finished = False
 
     def start(self) -> None:
-        self.loop.add_reader(self.src_fd, self._readable)
+        self.io.add_reader(self.src_fd, self._readable)
         self.reading = True
 
     def detach(self) -> None:
         if self.reading:
-            self.loop.remove_reader(self.src_fd)
+            self.io.remove_reader(self.src_fd)
             self.reading = False
         if self.writing:
-            self.loop.remove_writer(self.dst_fd)
+            self.io.remove_writer(self.dst_fd)
             self.writing = False
         if self.pipe is not None:
             if self.pending:
@@ -190,7 +193,7 @@ class _Flow:
             # dst is full: stop reading src (that is the backpressure) until it drains.
             self._stop_reading()
             if not self.writing:
-                self.loop.add_writer(self.dst_fd, self._drain)
+                self.io.add_writer(self.dst_fd, self._drain)
                 self.writing = True
             return
         except OSError as error:
@@ -198,12 +201,12 @@ class _Flow:
             return
         self._release()
         if self.writing:
-            self.loop.remove_writer(self.dst_fd)
+            self.io.remove_writer(self.dst_fd)
             self.writing = False
         if self.eof:
             self._finish()
         elif not self.reading:
-            self.loop.add_reader(self.src_fd, self._readable)
+            self.io.add_reader(self.src_fd, self._readable)
             self.reading = True
 
     def _release(self) -> None:
@@ -213,12 +216,12 @@ class _Flow:
 
     def _stop_reading(self) -> None:
         if self.reading:
-            self.loop.remove_reader(self.src_fd)
+            self.io.remove_reader(self.src_fd)
             self.reading = False
 
     def _resume(self) -> None:
         if not self.tunnel.done.done() and not self.reading and not self.eof:
-            self.loop.add_reader(self.src_fd, self._readable)
+            self.io.add_reader(self.src_fd, self._readable)
             self.reading = True
 
     def _finish(self) -> None:
