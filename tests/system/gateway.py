@@ -77,6 +77,16 @@ def serve_whoami(container: Container, netns: str, address: str) -> None:
                   f"/usr/bin/python3 /root/whoami.py {address}")
 
 
+def dig(container: Container, *args: str) -> str:
+    """The host's own dig, run in the container's network namespace (the image has none): a
+    third-party client on the gateway, asking the responder on the host's tailnet address."""
+    done = subprocess.run(["nsenter", "-t", str(container.pid1), "-n", "dig", f"@{HOST_TS_IP}",
+                           "+time=3", "+tries=1", *args],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def install(container: Container, tailscale_deb: Path, confs: dict[str, str]) -> None:
     """As the user does it: apt resolves tsproxy's Depends (tailscale among them)."""
     deb = tsproxy_deb(suite_of(container))

@@ -5,11 +5,10 @@ their work inside it (test_package.py runs the whole path with them too)."""
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from gateway import HOST_TS_IP, bring_up_network, install
+from gateway import HOST_TS_IP, bring_up_network, dig, install
 from nspawn import Container, wait_for
 
 pytestmark = pytest.mark.system
@@ -56,14 +55,6 @@ def assert_sandboxed(container: Container, unit: str, capabilities: int) -> None
     container.run("touch /tmp/host-tmp-file")
     seen = container.run(f"nsenter -t {pid} -m ls -A /tmp /home", check=False).stdout
     assert "host-tmp-file" not in seen, (unit, seen)
-
-
-def dig(container: Container, *args: str) -> str:
-    """The host's dig in the container's network namespace (the image has none)."""
-    done = subprocess.run(["nsenter", "-t", str(container.pid1), "-n", "dig", f"@{HOST_TS_IP}",
-                           "+time=3", "+tries=1", *args], capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def test_units_are_sandboxed_and_still_work(booted_debian: Container, tailscale_deb: Path) -> None:

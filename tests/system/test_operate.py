@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway import HOST_TS_IP, bring_up_network, install
+from gateway import HOST_TS_IP, bring_up_network, dig, install
 from nspawn import Container, wait_for
 
 pytestmark = pytest.mark.system
@@ -81,6 +81,13 @@ def test_status_list_logout(booted_debian: Container, tailscale_deb: Path) -> No
     # The proxy's counters show once it has served a connection.
     c.run(f"curl -sS -m 5 -x socks5h://{HOST_TS_IP}:11080 http://127.0.0.1.fgpu/", check=False)
     wait_for(lambda: (fgpu(c)["connections_total"] or 0) >= 1, what="the proxy's counters")
+    # /metrics, from inside the namespace, counts what the DNS responder (in the host's
+    # namespace, its counters in its own RuntimeDirectory) answered for fgpu's names.
+    assert dig(c, "+short", "10.1.2.3.fgpu").split() == ["10.1.2.3"]
+    counted = re.compile(r'^tsproxy_dns_queries_total\{tsproxy_instance="fgpu",rcode="NOERROR",'
+                         r'type="A"\} [1-9]', re.M)
+    wait_for(lambda: counted.search(c.run(f"curl -sS -m 5 http://{HOST_TS_IP}:11080/metrics")
+                                    .stdout), what="the DNS responder's count in /metrics")
 
     # tailscaled crashes: status says so, and systemd restarts it.
     c.run("systemctl kill -s KILL tsproxy-tailscaled@fgpu")

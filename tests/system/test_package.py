@@ -9,11 +9,10 @@ leaves the container.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from gateway import HOST_TS_IP, INTERNET, UPLINK, bring_up_network, install
+from gateway import HOST_TS_IP, INTERNET, UPLINK, bring_up_network, dig, install
 from nspawn import Container, wait_for
 
 pytestmark = pytest.mark.system
@@ -108,16 +107,6 @@ def assert_proxy_inside_the_namespace(container: Container, name: str, port: int
         f"cat /run/tsproxy-socks/{name}/stats.json", check=False).stdout or "{}").get("total"),
         what="the proxy's counters")
     assert stats >= 2
-
-
-def dig(container: Container, *args: str) -> str:
-    """The host's own dig, run in the container's network namespace: a third-party client
-    on the gateway, asking the responder on the host's tailnet address."""
-    done = subprocess.run(["nsenter", "-t", str(container.pid1), "-n", "dig", f"@{HOST_TS_IP}",
-                           "+time=3", "+tries=1", *args],
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
 
 
 def assert_dns_answers(container: Container) -> None:
