@@ -10,10 +10,11 @@ connection is what limits new connections per second.
 
 Every connection ends in exactly one log line and one counter (stats.Record).
 
-The HTTP requests the proxy answers itself, `GET /proxy.pac` and `GET /metrics`, pass the
-same client checks as a tunnel except the login (browsers fetch their PAC, and Prometheus
-scrapes, without proxy credentials); the text comes from an injected function, given the
-address the request arrived on.
+The HTTP requests the proxy answers itself (`local`: `GET /proxy.pac`, `GET /metrics` and
+the status page `GET /`, which service.py adds) pass the same client checks as a tunnel
+except the login (browsers fetch their PAC and pages, and Prometheus scrapes, without proxy
+credentials); the text comes from an injected function, given the address the request
+arrived on.
 
 A TCP forward (`forward = PORT=HOST:PORT`) is one more listening socket whose connections skip
 the handshake: the forward names the target, and the same checks, names, egress policy,
