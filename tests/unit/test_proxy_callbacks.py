@@ -61,7 +61,7 @@ def test_a_tunnel_is_served_without_a_task() -> None:
         loop = asyncio.get_running_loop()
         upstream = target()
         port = upstream.getsockname()[1]
-        async with world(dialer=Loopback().dial) as w:
+        async with world(dialer=Loopback()) as w:
             tasks = asyncio.all_tasks()
             reader, writer, reply = await socks(w, b"127.0.0.1", port)
             assert reply[1] == Reply.SUCCEEDED
@@ -87,7 +87,7 @@ def test_a_tunnel_is_served_without_a_task() -> None:
 
 def test_a_client_gone_mid_handshake_still_gets_its_line() -> None:
     async def test() -> None:
-        async with world(dialer=Loopback().dial) as w:
+        async with world(dialer=Loopback()) as w:
             reader, writer = await w.connect()
             writer.write(b"\x05\x01\x00")
             assert await reader.readexactly(2) == b"\x05\x00"
@@ -108,7 +108,7 @@ def test_a_refused_connect_is_answered_and_logged() -> None:
         closed = target()
         port = closed.getsockname()[1]
         closed.close()  # nothing listens there now
-        async with world(dialer=Loopback().dial) as w:
+        async with world(dialer=Loopback()) as w:
             reader, _, reply = await socks(w, b"127.0.0.1", port)
             assert reply[1] == Reply.CONNECTION_REFUSED and await reader.read() == b""
             await asyncio.sleep(0.05)
@@ -124,7 +124,7 @@ def test_a_connect_in_flight_times_out() -> None:
     async def test() -> None:
         listener, filler = full_target()
         port = listener.getsockname()[1]
-        async with world(dialer=Loopback(timeout=0.3).dial) as w:
+        async with world(dialer=Loopback(timeout=0.3)) as w:
             started = asyncio.get_running_loop().time()
             reader, _, reply = await socks(w, b"127.0.0.1", port)
             assert reply[1] == Reply.TTL_EXPIRED and await reader.read() == b""
@@ -143,7 +143,7 @@ def test_the_server_stopping_ends_every_connection_with_its_line() -> None:
     async def test() -> None:
         listener, filler = full_target()
         upstream = target()
-        async with world(dialer=Loopback().dial) as w:
+        async with world(dialer=Loopback()) as w:
             silent = await w.connect()  # mid-handshake
             socks_greeted = await w.connect()
             socks_greeted[1].write(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01"
@@ -171,7 +171,7 @@ def test_a_rest_the_upstream_socket_did_not_take_is_sent_by_a_writer() -> None:
         upstream = target(rcvbuf=4096)
         port = upstream.getsockname()[1]
         payload = bytes(range(256)) * 48  # 12 kB pipelined behind the request
-        async with world(dialer=Loopback(sndbuf=4096).dial) as w:
+        async with world(dialer=Loopback(sndbuf=4096)) as w:
             reader, writer = await w.connect()
             writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode() + payload)
             assert await reader.readuntil(b"\r\n\r\n") == (b"HTTP/1.1 200 Connection "
@@ -204,7 +204,7 @@ def test_a_refused_address_is_followed_by_the_next() -> None:
         loop = asyncio.get_running_loop()
         upstream = target()
         port = upstream.getsockname()[1]
-        async with world(dialer=Detour().dial) as w:
+        async with world(dialer=Detour()) as w:
             reader, writer, reply = await socks(w, b"127.0.0.1", port)
             assert reply[1] == Reply.SUCCEEDED
             far, _ = await loop.sock_accept(upstream)

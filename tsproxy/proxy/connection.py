@@ -238,11 +238,12 @@ class Connection(Driven):
 
     def _dial(self, addresses: list[Address], port: int) -> None:
         self.dialing = self.loop.time()
-        dialer = self.server.dialer
-        if dialer is None:  # a dial function of the tests' own: await it
-            self.wait(self.server.dial(addresses, port), self._dialed, DialError)
-            return
-        self.connect(dialer, addresses, port, self._dialed)
+        server = self.server
+        if server.dialer is not None:
+            self.connect(server.dialer, addresses, port, self._dialed)
+        else:  # a dial function of the tests' own: await it
+            assert server.dial is not None
+            self.wait(server.dial(addresses, port), self._dialed, DialError)
 
     def _dialed(self, result: socket.socket | DialError) -> None:
         self.server.stats.dials.observe(self.loop.time() - self.dialing)

@@ -19,7 +19,6 @@ A conf's allow_egress lists networks exempt from the second lock, never from the
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import ipaddress
 import os
@@ -166,26 +165,6 @@ class Dialer:
         self.timeout = timeout
         self.routes = Routes(device)
 
-    async def dial(self, addresses: Sequence[Address], port: int) -> socket.socket:
-        """A connected non-blocking socket to the first address that answers; DialError with
-        the reply for the client otherwise (the first address's error when all fail)."""
-        attempt = Attempt(self, addresses, port)
-        try:
-            connected = attempt.next()
-            deadline = None
-            while not connected:
-                if deadline is None:
-                    deadline = asyncio.get_running_loop().time() + self.timeout
-                try:
-                    error = await self._wait(attempt.current, deadline)
-                except TimeoutError:
-                    raise attempt.timed_out() from None
-                connected = attempt.ended(error) or attempt.next()
-            return attempt.current
-        except BaseException:
-            attempt.abandon()
-            raise
-
     def routed(self, addresses: Sequence[Address]) -> list[Address]:
         routed = [address for address in addresses if self.routes.covers(address)]
         if not routed:
@@ -232,25 +211,11 @@ class Dialer:
                             f"{self.device.decode()}: {error.strerror}") from None
         return sock
 
-    @staticmethod
-    async def _wait(sock: socket.socket, deadline: float) -> int:
-        """Wait until the connect finishes; its errno (0: connected)."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        fd = sock.fileno()
-        loop.add_writer(fd, _wake, done)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await done
-        finally:
-            loop.remove_writer(fd)
-        return connect_error(sock)
-
 
 class Attempt:
-    """One dial, one address at a time, without waiting: whoever drives it waits for the
-    socket to turn writable (Dialer.dial awaits it; the server's connections watch it from
-    a loop callback, with no Task), then says how the connect ended.
+    """One dial, one address at a time, without waiting: whoever drives it (driven.py's
+    `connect`, from loop callbacks) waits for the socket to turn writable, then says how
+    the connect ended.
 
     The addresses are tried in order; the first one's error is the one the client hears
     when every one fails.
@@ -315,12 +280,6 @@ class Attempt:
 def connect_error(sock: socket.socket) -> int:
     """How a non-blocking connect ended, once its socket is writable (0: connected)."""
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-
-
-def _wake(done: asyncio.Future[None]) -> None:
-    # Writable may fire again before the waiter runs and unregisters.
-    if not done.done():
-        done.set_result(None)
 
 
 def _connected(sock: socket.socket) -> bool:

@@ -53,7 +53,7 @@ PacSource = Callable[[Listen], str]
 
 
 class Server:
-    def __init__(self, listener: socket.socket, *, resolver: Resolver, dial: Dial,
+    def __init__(self, listener: socket.socket, *, resolver: Resolver, dial: Dialer | Dial,
                  policy: Policy, networks: ClientNetworks, users: Users | None,
                  identities: Identities | None, caps: limits.Limits, stats: Stats,
                  pool: PipePool, log: Log, handshake_timeout: float = HANDSHAKE_TIMEOUT,
@@ -67,7 +67,11 @@ class Server:
         self.listeners = [listener, *(sock for sock, _ in forwards)]
         self._acceptor = accepting.Acceptor([(sock, sock.fileno()) for sock in self.listeners],
                                             self._take, self._paused)
-        self.resolver, self.dial, self.policy = resolver, dial, policy
+        self.resolver, self.policy = resolver, policy
+        # A Dialer is driven from callbacks (connection.py); another dial function (the unit
+        # tests') is awaited.
+        self.dialer: Dialer | None = dial if isinstance(dial, Dialer) else None
+        self.dial: Dial | None = None if isinstance(dial, Dialer) else dial
         self.networks, self.users, self.identities = networks, users, identities
         self.caps, self.stats, self.pool, self.log = caps, stats, pool, log
         self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
@@ -77,9 +81,6 @@ class Server:
         if metrics is not None:
             self.local[METRICS_PATH] = metrics
         self.udp: UdpAssociate | None = None  # UDP ASSOCIATE's relay, when it has a socket
-        # A Dialer is driven from callbacks (connection.py); another dial function is awaited.
-        owner = getattr(dial, "__self__", None)
-        self.dialer = owner if isinstance(owner, Dialer) else None
         self.connections: set[Connection] = set()  # open, for the end of serving
         self._loop: asyncio.AbstractEventLoop | None = None
         self.group: asyncio.TaskGroup | None = None  # while serving: the waiting connections'

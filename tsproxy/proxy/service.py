@@ -102,7 +102,7 @@ def build(conf: TailnetConf, listener: socket.socket, options: Options,
     server = Server(
         listener,
         resolver=Resolver(conf.suffix, names),
-        dial=Dialer(options.device, options.dial_timeout).dial,
+        dial=Dialer(options.device, options.dial_timeout),
         policy=Policy(conf.veth_subnet, conf.allow_egress),
         networks=ClientNetworks(conf.allow_clients),
         users=users,
