@@ -1,4 +1,5 @@
-"""Sockets from systemd (sd_listen_fds(3)), or bound here for a standalone run."""
+"""What systemd hands a service: sockets (sd_listen_fds(3)), or bound here for a standalone
+run, and its RuntimeDirectory."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ def inherited_sockets() -> list[socket.socket]:
     for sock in sockets:
         os.set_inheritable(sock.fileno(), False)
     return sockets
+
+
+def runtime_file(name: str) -> str | None:
+    """`name` in the unit's RuntimeDirectory (systemd made it, and removes it when the unit
+    stops); None without one."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    return os.path.join(runtime.split(":")[0], name) if runtime else None
 
 
 def bind(listen: Listen, kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:

@@ -13,13 +13,12 @@ conf from anywhere.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 
 from tsproxy_generator.config import load
 from tsproxy_generator.model import ConfigError, Forward, Listen, TailnetConf
 
-from ..activation import bind, inherited_sockets, parse_listen
+from ..activation import bind, inherited_sockets, parse_listen, runtime_file
 from ..errors import TsproxyError
 from ..instances import get_instance
 from ..proxy import service
@@ -72,10 +71,7 @@ def run(args: argparse.Namespace) -> int:
         associate: socket.socket | None = bind(Listen(listen.address, port), socket.SOCK_DGRAM)
     else:
         listener, associate, forwards = inherited(conf)
-    stats = args.stats
-    if stats is None and os.environ.get("RUNTIME_DIRECTORY"):
-        # systemd made the directory (RuntimeDirectory=) and removes it when the unit stops.
-        stats = os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "stats.json")
+    stats = args.stats if args.stats is not None else runtime_file("stats.json")
     options = service.Options(stats_path=stats, device=args.device,
                               names_socket=args.names_socket,
                               handshake_timeout=args.handshake_timeout,

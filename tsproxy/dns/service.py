@@ -22,6 +22,7 @@ from tsproxy_generator.addresses import endpoint
 from tsproxy_generator.config import conf_paths
 from tsproxy_generator.vocabulary import DNS_COUNTS
 
+from ..activation import runtime_file
 from ..instances import conf_dir, load_instances
 from ..proxy.stats import StatsFile
 from .answer import QUERY_TIMEOUT, Responder
@@ -63,15 +64,6 @@ def describe(sockets: list[socket.socket]) -> str:
                      for s in sockets)
 
 
-def counts_path() -> str | None:
-    """Where the counters go: in the unit's RuntimeDirectory (systemd made it, and removes
-    it when the unit stops), under DNS_COUNTS' file name; nowhere without one."""
-    runtime = os.environ.get("RUNTIME_DIRECTORY")
-    if not runtime:
-        return None
-    return os.path.join(runtime.split(":")[0], os.path.basename(DNS_COUNTS))
-
-
 def run(sockets: list[socket.socket], run_dir: str | None = None,
         timeout: float = QUERY_TIMEOUT) -> int:
     def log(line: str) -> None:
@@ -82,7 +74,7 @@ def run(sockets: list[socket.socket], run_dir: str | None = None,
     signature = conf_signature(directory)
     counts = QueryCounts()
     server = DnsServer(sockets, Responder(load_zones(run_dir, log), timeout, counts), log)
-    path = counts_path()
+    path = runtime_file(os.path.basename(DNS_COUNTS))  # where each /metrics reads them
     counts_file = StatsFile(counts, path) if path else None
 
     def reload() -> None:
