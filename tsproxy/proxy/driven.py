@@ -97,10 +97,8 @@ class Driven:
         if sent == len(data):
             then(None)
             return
-        self.read_off()
         self._out = (sock, memoryview(data)[sent:], then)
-        self.writing = sock.fileno()
-        self.io.add_writer(self.writing, self._writable)
+        self.watch_writable(sock, self._writable)
 
     @callback
     def _writable(self) -> None:
@@ -133,8 +131,9 @@ class Driven:
 
     def connect(self, dialer: Dialer, addresses: Sequence[Address], port: int,
                 then: Dialed) -> None:
-        """Dial as Dialer.dial does, without a Task: `then(socket)` or `then(DialError)`. The
-        connect in flight is watched by a writer, under the dialer's timeout."""
+        """Dial the first of `addresses` that answers, through `dialer`, without a Task:
+        `then(socket)`, or `then(DialError)` with the first address's error when all fail.
+        The connect in flight is watched by a writer, under the dialer's timeout."""
         try:
             attempt = Attempt(dialer, addresses, port)
             if attempt.next():

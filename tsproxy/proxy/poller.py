@@ -82,8 +82,8 @@ class Poller:
             if not self._watched:
                 self.loop.add_reader(self._epoll.fileno(), self._dispatch)
                 self._watched = True
-        elif self._mask(fd) != before:  # else only the callback changed: no syscall
-            self._epoll.modify(fd, self._mask(fd))
+        elif (after := self._mask(fd)) != before:  # else only the callback changed: no syscall
+            self._epoll.modify(fd, after)
 
     def _unset(self, fd: int, table: dict[int, Callback]) -> None:
         if table.pop(fd, None) is None:
