@@ -195,7 +195,7 @@ class Dialer:
         return self.open(version, socket.SOCK_DGRAM)
 
     def open(self, version: int,
-                kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
+             kind: socket.SocketKind = socket.SOCK_STREAM) -> socket.socket:
         family = socket.AF_INET if version == 4 else socket.AF_INET6
         try:
             sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)
