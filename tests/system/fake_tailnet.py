@@ -11,7 +11,7 @@ hand out 100.64.0.N: the answer (the instance's name) says which tailnet was rea
 
 from __future__ import annotations
 
-from nspawn import Container
+from nspawn import Container, wait_for
 
 DROP_IN = ("/etc/systemd/system/tsproxy-tailscaled@.service.d/90-fake-tailnet.conf",
            "[Service]\nEnvironment=TSPROXY_TAILSCALED_ARGS=--tun=userspace-networking\n")
@@ -50,3 +50,13 @@ ip -n ts-{name} link set tailscale0 up
 systemd-run --unit=tailnet-web-{name} -p NetworkNamespacePath=/run/netns/tailnet-{name} \
     /usr/bin/python3 /root/tailnet_web.py {name}
 """)
+    # Listening before anyone asks: a proxy reaching a peer that does not listen yet is
+    # refused (REP 5), which a test would take for the proxy's fault.
+    listening = f"ip netns exec tailnet-{name} ss -Hltn 'sport = :{PORT}'"
+    try:
+        wait_for(lambda: container.run(listening).stdout.strip(), what=f"tailnet-{name} web")
+    except AssertionError:
+        unit = container.run(f"systemctl status --no-pager -n 20 tailnet-web-{name}",
+                             check=False).stdout
+        raise AssertionError(f"the web server of tailnet-{name} is not listening on "
+                             f"{PEER}:{PORT}:\n{unit}") from None
