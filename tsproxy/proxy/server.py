@@ -84,7 +84,7 @@ class Server:
         self.connections: set[Connection] = set()  # open, for the end of serving
         self._loop: asyncio.AbstractEventLoop | None = None
         self.group: asyncio.TaskGroup | None = None  # while serving: the waiting connections'
-        self._accepting: asyncio.TaskGroup | None = None
+        self._accepting = False
         self._paused_at = -LOG_PAUSES_EVERY
         self._pauses = 0
         self._dropped = 0  # over-cap connections closed without an answer, not yet logged
@@ -99,7 +99,7 @@ class Server:
         self._loop = asyncio.get_running_loop()
         try:
             async with asyncio.TaskGroup() as group:
-                self.group = self._accepting = group
+                self.group, self._accepting = group, True
                 self._acceptor.start()
                 try:
                     await self._loop.create_future()  # forever: the work is in callbacks
@@ -119,8 +119,8 @@ class Server:
         """Take no new connection. Only this process's descriptors of the listening sockets
         are closed: systemd's stay open, so connections that arrive now wait in its backlog
         for the next proxy (a restart on upgrade)."""
-        if self._accepting is not None:
-            self._accepting = None
+        if self._accepting:
+            self._accepting = False
             self._acceptor.stop()
             for listener in self.listeners:
                 listener.close()
